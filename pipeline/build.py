@@ -1,0 +1,177 @@
+"""Planning (validate everything up front) and building the pipeline graph from transforms.
+
+    read -> parse -> predict -> write predictions / errors / metrics -> finalize
+
+`plan_job` does all checks that can fail before a worker starts (inputs match, the model loads
+and answers a warm-up call, the spec matches, the output dir is usable) and raises one of
+`USER_ERRORS` with an actionable message. `build_pipeline` only wires named steps.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+import uuid
+
+import apache_beam as beam
+
+from pipeline.options import BatchPredictOptions
+from transforms import metrics as m
+from transforms.feature_spec import FeatureSpec, FeatureSpecError
+from transforms.model import ModelError, open_model
+from transforms.parse import ParseWithSpecDoFn
+from transforms.predict import ModelConfig, PredictDoFn
+from transforms.read import InputError, ReadRecordBatches, infer_format, match_inputs
+from transforms.write import (FinalizeDoFn, OutputError, WriteJsonFile, WriteJsonLines,
+                              WritePredictions, build_reports, check_output_dir,
+                              errors_by_type_report)
+
+_LOG = logging.getLogger(__name__)
+USER_ERRORS = (InputError, ModelError, FeatureSpecError, OutputError)
+
+
+@dataclasses.dataclass
+class JobPlan:
+    files: list[tuple[str, int]]
+    input_format: str
+    model: ModelConfig
+    output_names: list[str]
+    output_dir: str
+    staging_dir: str
+    output_format: str
+    batch_size: int
+    overwrite: bool
+    max_error_rate: float
+    list_separator: str
+    run_info: dict
+
+
+def _key_dtype(opts, spec: FeatureSpec, input_format: str, first_file: str) -> str:
+    if opts.key_field is None:
+        return "string"
+    if opts.key_dtype != "auto":
+        return opts.key_dtype
+    if opts.key_field in spec:
+        return spec[opts.key_field].dtype
+    if input_format == "csv":
+        return "string"
+    return peek_key_dtype(first_file, opts.key_field)
+
+
+def peek_key_dtype(path: str, key: str) -> str:
+    """The dtype of `key` in the first readable tf.Example of a TFRecord file."""
+    import tensorflow as tf
+    from transforms.read import iter_tfrecords, open_shard
+    stream, _ = open_shard(path)
+    try:
+        for item in iter_tfrecords(stream):
+            if item[0] != "ok":
+                continue
+            try:
+                feature = tf.train.Example.FromString(item[2]).features.feature
+            except Exception:
+                continue
+            if key not in feature:
+                raise InputError(f"--key_field {key!r} is not a feature of the first record of "
+                                 f"{path} (it has: {', '.join(sorted(feature)) or 'nothing'})")
+            kind = feature[key].WhichOneof("kind")
+            return {"bytes_list": "string", "int64_list": "int64", "float_list": "float32"}[kind]
+    finally:
+        stream.close()
+    return "string"
+
+
+def plan_job(opts: BatchPredictOptions, run_id: str | None = None) -> JobPlan:
+    start = time.time()
+    patterns = opts.input_patterns()
+    if not patterns:
+        raise InputError("--input is empty")
+    files = match_inputs(patterns)
+    input_format = opts.input_format or infer_format([f for f, _ in files])
+    _LOG.info("plan: %d input files (%s), %.1f MB", len(files), input_format,
+              sum(s for _, s in files) / 1e6)
+    output_dir = opts.output.rstrip("/")
+    check_output_dir(output_dir, opts.overwrite)
+    given = FeatureSpec.load(opts.feature_spec) if opts.feature_spec else None
+    model = open_model(opts.model, opts.signature, given, opts.model_cache_dir, warm_up=True)
+    _LOG.info("plan: model %s, signature %s (%s), spec from %s: %d features",
+              model.version.path, opts.signature, model.info.convention, model.spec_source,
+              len(model.spec))
+    key_dtype = _key_dtype(opts, model.spec, input_format, files[0][0])
+    if opts.key_field is not None and opts.key_field in model.output_names:
+        raise InputError(f"--key_field {opts.key_field!r} is also a model output name; "
+                         "choose another key")
+    run_id = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime(start)) + "-" + \
+        uuid.uuid4().hex[:8]
+    config = ModelConfig(
+        path=model.version.path, signature=opts.signature, spec=model.spec,
+        key_field=opts.key_field, key_dtype=key_dtype,
+        keys_from_examples=opts.key_field is not None and input_format == "tfrecord",
+        cache_dir=opts.model_cache_dir or os.path.join(tempfile.gettempdir(),
+                                                       "batch-predict-models"),
+        intra_op_threads=opts.tf_intra_op_threads, inter_op_threads=opts.tf_inter_op_threads)
+    run_info = {
+        "run_id": run_id, "start_time": start,
+        "model": opts.model, "model_path": model.version.path,
+        "model_version": model.version.version, "signature": opts.signature,
+        "signature_convention": model.info.convention,
+        "feature_spec_source": model.spec_source, "feature_spec": model.spec.to_json(),
+        "input_format": input_format, "input_files": len(files),
+        "input_bytes": sum(s for _, s in files), "batch_size": opts.batch_size,
+        "output_format": opts.output_format, "key_field": opts.key_field,
+    }
+    return JobPlan(files=files, input_format=input_format, model=config,
+                   output_names=model.output_names, output_dir=output_dir,
+                   staging_dir=f"{output_dir}/.tmp-{run_id}", output_format=opts.output_format,
+                   batch_size=opts.batch_size, overwrite=opts.overwrite,
+                   max_error_rate=opts.max_error_rate, list_separator=opts.csv_list_separator,
+                   run_info=run_info)
+
+
+def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None) -> None:
+    staging = plan.staging_dir
+    read = p | "Read" >> ReadRecordBatches([f for f, _ in plan.files], plan.input_format,
+                                           plan.batch_size)
+    parsed = read.batches | "ParseWithSpec" >> beam.ParDo(
+        ParseWithSpecDoFn(plan.model.spec, plan.model.key_field, plan.list_separator)
+    ).with_outputs("errors", main="records")
+    predict_kwargs = {"clock": clock} if clock is not None else {}
+    scored = parsed.records | "Predict" >> beam.ParDo(
+        PredictDoFn(plan.model, plan.batch_size, **predict_kwargs)
+    ).with_outputs("errors", "latency", "model_loads", main="predictions")
+
+    written = []
+    written.append(scored.predictions | "WritePredictions" >> WritePredictions(
+        staging, plan.output_format, plan.model.key_field, plan.output_names))
+    errors = ((read.errors, parsed.errors, scored.errors)
+              | "AllErrors" >> beam.Flatten())
+    written.append(errors | "WriteErrors" >> WriteJsonLines(staging, "errors"))
+    written.append(scored.model_loads | "WriteModelLoads" >> WriteJsonLines(
+        staging, "metrics/model_loads"))
+
+    events = ((read.shard_stats | "StatsEvents" >> beam.FlatMap(m.stats_events)),
+              (scored.latency | "CallEvents" >> beam.Map(m.call_event)),
+              (scored.predictions | "PredictedEvents" >> beam.FlatMap(m.predicted_events)),
+              (errors | "ErrorEvents" >> beam.FlatMap(m.error_events)))
+    shard_rows = (events
+                  | "AllEvents" >> beam.Flatten()
+                  | "PerShardMetrics" >> beam.CombinePerKey(m.ShardMetricsFn())
+                  | "ShardRows" >> beam.Map(m.shard_row))
+    written.append(shard_rows
+                   | "OnlyShards" >> beam.Filter(lambda r: r["shard"] != m.ALL)
+                   | "WriteShardLatency" >> WriteJsonLines(staging, "metrics/shard_latency"))
+    all_rows = shard_rows | "GatherRows" >> beam.combiners.ToList()
+    summary = all_rows | "Summarize" >> beam.Map(build_reports, plan.run_info,
+                                                 plan.max_error_rate)
+    written.append(summary | "WriteSummary" >> WriteJsonFile(staging, "metrics/summary.json"))
+    written.append(all_rows
+                   | "ErrorsByType" >> beam.Map(errors_by_type_report)
+                   | "WriteErrorsByType" >> WriteJsonFile(staging,
+                                                          "metrics/errors_by_type.json"))
+    side = [beam.pvalue.AsList(w) for w in written]
+    _ = (p
+         | "FinalizeTrigger" >> beam.Create([None])
+         | "Finalize" >> beam.ParDo(FinalizeDoFn(plan.output_dir, staging, plan.overwrite),
+                                    beam.pvalue.AsSingleton(summary), *side))

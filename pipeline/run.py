@@ -1,0 +1,112 @@
+"""Entry point: parse options, plan, build and run the job; report and set the exit code.
+
+Exit codes: 0 success; 2 a user error found before the job started (bad option, model, input,
+output dir: one line, no stack trace); 3 the job ran but exceeded --max_error_rate; 1 the job
+failed while running.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline.build import USER_ERRORS, JobPlan, build_pipeline, plan_job
+from pipeline.options import BatchPredictOptions
+
+_LOG = logging.getLogger("batch_predict")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR_BUDGET = 0, 1, 2, 3
+LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner")
+
+
+def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
+    """A Pipeline on the requested runner; the local default never touches the network.
+
+    Beam 2.77's DirectRunner first tries Prism, which downloads a binary. Locally we run the
+    Python FnApiRunner directly (it honours --direct_num_workers/--direct_running_mode).
+    """
+    runner = options.view_as(StandardOptions).runner
+    if runner in LOCAL_RUNNERS:
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+        return beam.Pipeline(runner=FnApiRunner(), options=options)
+    return beam.Pipeline(options=options)
+
+
+def read_summary(output_dir: str) -> dict | None:
+    path = FileSystems.join(output_dir, "metrics", "summary.json")
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path) as fh:
+        return json.loads(fh.read())
+
+
+def run(argv: list[str] | None = None, clock=None) -> tuple[beam.runners.runner.PipelineResult,
+                                                            JobPlan]:
+    """Plan, build and run the job; returns the (finished) result and the plan."""
+    options = PipelineOptions(argv)
+    plan = plan_job(options.view_as(BatchPredictOptions))
+    p = make_pipeline(options)
+    build_pipeline(p, plan, clock=clock)
+    result = p.run()
+    result.wait_until_finish()
+    return result, plan
+
+
+def format_summary(s: dict, output_dir: str) -> str:
+    lat = s.get("latency_ms") or {}
+    lines = [
+        f"outputs:      {output_dir}",
+        f"model:        {s['model_path']} (version {s['model_version'] or '-'}, "
+        f"signature {s['signature']}, {s['signature_convention']})",
+        f"feature spec: {s['feature_spec_source']}",
+        f"records in:   {s['records_in']}  predicted: {s['predicted']}  errors: {s['errors']}"
+        f"  ({'accounted' if s['accounted'] else 'NOT ACCOUNTED'}"
+        f"{'' if s['counts_exact'] else ', some file tails unreadable'})",
+        f"throughput:   {s['examples_per_second']:.0f} examples/s over {s['wall_seconds']:.1f}s"
+        f" wall; {s['model_calls']} model calls",
+        f"model call:   p50 {lat.get('p50')} ms  p95 {lat.get('p95')} ms  p99 {lat.get('p99')} "
+        f"ms  max {lat.get('max')} ms",
+    ]
+    if s["errors"]:
+        lines.append(f"errors:       {s['errors_by_type']}")
+    return "\n".join(lines)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("apache_beam", "absl", "tensorflow", "google", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline ...` / `batch-predict ...`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "describe":
+        from pipeline.describe import main as describe_main
+        return describe_main(argv[1:])
+    if argv and argv[0] == "demo":
+        from pipeline.demo_job import main as demo_main
+        return demo_main(argv[1:])
+    configure_logging()
+    try:
+        _, plan = run(argv)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    summary = read_summary(plan.output_dir)
+    if summary is None:
+        print(f"error: the job finished but wrote no summary in {plan.output_dir}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    print(format_summary(summary, plan.output_dir))
+    if not summary["within_error_budget"]:
+        print(f"error: error rate {summary['error_rate']:.4f} exceeds --max_error_rate "
+              f"{summary['max_error_rate']}: {summary['errors']} of {summary['records_in']} "
+              f"records rejected (see {plan.output_dir}/errors-*.jsonl); no _SUCCESS written",
+              file=sys.stderr)
+        return EXIT_ERROR_BUDGET
+    return EXIT_OK

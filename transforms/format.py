@@ -1,0 +1,97 @@
+"""Columnar formatting of prediction batches as JSON lines or CSV text.
+
+A batch becomes one text blob (many lines), built column by column: numeric columns are
+serialised in one `orjson` call each (float32 keeps its shortest float32 repr, int64 stays
+exact) and split into per-row fragments; strings are decoded as UTF-8, or written as
+`{"b64": ...}` (TF Serving's JSON convention) when they are not valid UTF-8. CSV is written by
+pyarrow; vectors and matrices go into one cell as JSON arrays.
+"""
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import orjson
+
+from transforms.predict import PredictionBatch
+
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+def _decode(value):
+    if isinstance(value, (bytes, np.bytes_)):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(value).decode("ascii")}
+    return value
+
+
+def _decoded_list(arr: np.ndarray):
+    if arr.ndim == 1:
+        try:
+            return [v.decode("utf-8") for v in arr] if arr.dtype == object and len(arr) and \
+                isinstance(arr[0], bytes) else [_decode(v) for v in arr]
+        except (UnicodeDecodeError, AttributeError):
+            return [_decode(v) for v in arr]
+    return [_decoded_list(a) for a in arr]
+
+
+def json_fragments(arr: np.ndarray) -> list[bytes]:
+    """Per-row JSON text of one column ([n, ...] array)."""
+    n = len(arr)
+    if n == 0:
+        return []
+    if arr.dtype == object or arr.dtype.kind in "SU":
+        return list(map(orjson.dumps, _decoded_list(arr)))
+    if arr.dtype == np.float16:
+        arr = arr.astype(np.float32)
+    arr = np.ascontiguousarray(arr)
+    if arr.ndim == 1:
+        return orjson.dumps(arr, option=_NUMPY)[1:-1].split(b",")
+    if arr.ndim == 2:
+        inner = orjson.dumps(arr, option=_NUMPY)[2:-2]
+        return [b"[" + p + b"]" for p in inner.split(b"],[")]
+    return [orjson.dumps(row, option=_NUMPY) for row in arr]
+
+
+def row_columns(batch: PredictionBatch, key_field: str | None) -> list[tuple[str, np.ndarray]]:
+    """The output columns in order: the key (or shard and index), then the model outputs."""
+    if key_field is not None:
+        cols = [(key_field, batch.keys)]
+    else:
+        cols = [("shard", batch.shards), ("index", batch.indices)]
+    return cols + sorted(batch.outputs.items())
+
+
+def to_jsonl(batch: PredictionBatch, key_field: str | None) -> bytes:
+    cols = row_columns(batch, key_field)
+    names = [orjson.dumps(name) for name, _ in cols]
+    template = b"{" + b",".join(name + b":%b" for name in names) + b"}"
+    fragments = [json_fragments(values) for _, values in cols]
+    return b"\n".join(map(template.__mod__, zip(*fragments)))
+
+
+def csv_header(key_field: str | None, output_names: list[str]) -> list[str]:
+    first = [key_field] if key_field is not None else ["shard", "index"]
+    return first + sorted(output_names)
+
+
+def to_csv(batch: PredictionBatch, key_field: str | None) -> bytes:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    arrays, names = [], []
+    for name, values in row_columns(batch, key_field):
+        names.append(name)
+        if values.dtype != object and values.ndim == 1 and values.dtype.kind in "fiub":
+            arrays.append(pa.array(values))
+        elif values.ndim == 1:
+            arrays.append(pa.array([v if isinstance(v, str) else orjson.dumps(v).decode()
+                                    for v in _decoded_list(values)], pa.string()))
+        else:
+            arrays.append(pa.array([f.decode() for f in json_fragments(values)], pa.string()))
+    out = io.BytesIO()
+    pacsv.write_csv(pa.table(arrays, names=names), out,
+                    pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+    return out.getvalue().rstrip(b"\n")

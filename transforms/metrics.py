@@ -1,0 +1,112 @@
+"""Per-shard latency and accounting, merged into the job summary.
+
+Everything the reader, the parser and the predictor report is keyed by shard *and* by the
+job-wide key `ALL`, and folded by one CombineFn (`ShardMetricsFn`), so a shard's row and the
+job's totals are computed the same way. Model-call latencies are kept whole (one float per call,
+a few hundred per million records), so percentiles are exact, not sketched.
+"""
+from __future__ import annotations
+
+import collections
+
+import apache_beam as beam
+import numpy as np
+
+ALL = "*"
+
+
+def percentiles_ms(latencies_us: list[float]) -> dict:
+    if not latencies_us:
+        return {"p50": None, "p95": None, "p99": None, "max": None}
+    a = np.asarray(latencies_us, dtype=np.float64) / 1000.0
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {"p50": round(float(p50), 3), "p95": round(float(p95), 3),
+            "p99": round(float(p99), 3), "max": round(float(a.max()), 3)}
+
+
+class ShardMetricsFn(beam.CombineFn):
+    """Folds ("stats"|"call"|"predicted"|"error", value) events into one shard row."""
+
+    def create_accumulator(self):
+        return {"records": 0, "read_errors": 0, "unreadable_tail": False, "shards": 0,
+                "predicted": 0, "errors": collections.Counter(), "calls": [],
+                "model_us": 0.0, "read_seconds": 0.0}
+
+    def add_input(self, acc, event):
+        kind, value = event
+        if kind == "stats":
+            acc["records"] += value["records"]
+            acc["read_errors"] += value["read_errors"]
+            acc["unreadable_tail"] |= value["unreadable_tail"]
+            acc["read_seconds"] += value.get("read_seconds", 0.0)
+            acc["shards"] += 1
+        elif kind == "call":
+            micros, count, chunk = value
+            acc["calls"].append(micros)
+            acc["model_us"] += micros * count / chunk  # this shard's share of the call
+        elif kind == "predicted":
+            acc["predicted"] += value
+        elif kind == "error":
+            acc["errors"][value] += 1
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = self.create_accumulator()
+        for a in accs:
+            for k in ("records", "read_errors", "predicted", "shards"):
+                out[k] += a[k]
+            out["unreadable_tail"] |= a["unreadable_tail"]
+            out["errors"].update(a["errors"])
+            out["calls"].extend(a["calls"])
+            out["model_us"] += a["model_us"]
+            out["read_seconds"] += a["read_seconds"]
+        return out
+
+    def extract_output(self, acc):
+        errors = sum(acc["errors"].values())
+        predicted = acc["predicted"]
+        return {
+            "records": acc["records"], "predicted": predicted, "errors": errors,
+            "errors_by_type": dict(sorted(acc["errors"].items())),
+            "unreadable_tail": acc["unreadable_tail"],
+            "batches": len(acc["calls"]),
+            "latency_ms": percentiles_ms(acc["calls"]),
+            "mean_us_per_example": round(acc["model_us"] / predicted, 3) if predicted else None,
+            "model_records_per_s": round(predicted / (acc["model_us"] / 1e6), 1)
+            if acc["model_us"] else None,
+            "read_seconds": round(acc["read_seconds"], 3),
+            "shards": acc["shards"],
+        }
+
+
+def _both(shard, event):
+    return [(shard, event), (ALL, event)]
+
+
+def stats_events(item):
+    shard, stats = item
+    return _both(shard, ("stats", stats))
+
+
+def call_event(item):
+    shard, call = item  # PredictDoFn reports each call once per shard in it, and once as ALL
+    return shard, ("call", call)
+
+
+def predicted_events(batch):
+    shards, counts = np.unique(batch.shards.astype(str), return_counts=True)
+    out = [(str(s), ("predicted", int(c))) for s, c in zip(shards, counts)]
+    out.append((ALL, ("predicted", int(len(batch)))))
+    return out
+
+
+def error_events(row):
+    return _both(row["shard"], ("error", row["error_type"]))
+
+
+def shard_row(item) -> dict:
+    shard, metrics = item
+    row = {"shard": shard}
+    row.update(metrics)
+    row.pop("shards")
+    return row

@@ -1,0 +1,311 @@
+"""The prediction DoFn: one model per worker process, chunks of at most `batch_size` per call.
+
+`setup()` loads the model through `beam.utils.shared.Shared`, so every DoFn instance (thread)
+of a worker process uses the same copy. `process()` buffers the incoming record batches and
+scores full chunks as soon as they are available (so at most one chunk of unscored records is
+held); `finish_bundle()` scores the rest. Every model call is timed with an injectable clock.
+
+When a call fails, the chunk is split in halves until the failing records are isolated: the
+others are still scored, and each failing record becomes an error row whose type is read from
+TensorFlow's message (missing feature, type or shape mismatch, not a tf.Example, model error).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Callable
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils import shared
+
+from transforms.feature_spec import FeatureSpec
+from transforms.records import RecordBatch, error_row
+from transforms.metrics import ALL
+from transforms.read import NAMESPACE
+
+_LOG = logging.getLogger(__name__)
+_PROGRESS_SECONDS = 30.0
+
+
+@dataclasses.dataclass
+class PredictionBatch:
+    """Scored records: where they came from (or their key) and one array per model output."""
+    shards: np.ndarray               # object array, shard of each row
+    indices: np.ndarray              # record index within the shard
+    keys: np.ndarray | None          # the --key_field values, when asked for
+    outputs: dict[str, np.ndarray]   # output name -> [n, ...] array
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything a worker needs to open the same model the launcher validated (picklable)."""
+    path: str
+    signature: str
+    spec: FeatureSpec
+    key_field: str | None = None
+    key_dtype: str = "string"
+    keys_from_examples: bool = False  # TFRecord input: the key is read from each tf.Example
+    cache_dir: str | None = None
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+
+
+class _Holder:
+    """What Shared keeps per process (must be weak-referenceable, hence a class)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.pid = os.getpid()
+        self.reported = False
+        self.lock = threading.Lock()
+
+
+def classify_tf_error(message: str) -> str:
+    m = message.lower()
+    if "could not parse example" in m or "can't parse serialized example" in m or \
+            "could not parse" in m:
+        return "parse_error"
+    if "is required but could not be found" in m:
+        return "missing_feature"
+    if "data types don't match" in m or "data type" in m and "expected type" in m:
+        return "type_mismatch"
+    if "values != expected" in m or "number of" in m and "expected" in m or "shape" in m:
+        return "shape_mismatch"
+    return "model_error"
+
+
+def _message(e: BaseException) -> str:
+    text = getattr(e, "message", None) or str(e) or type(e).__name__
+    return " ".join(text.split())[:500]
+
+
+class _Chunk:
+    """Records gathered from one or more RecordBatches, scored by one model call."""
+
+    def __init__(self, parts: list[RecordBatch]):
+        self.serialized = np.concatenate([p.serialized for p in parts])
+        self.indices = np.concatenate([p.indices for p in parts])
+        self.shards = np.concatenate([np.full(len(p), p.shard, dtype=object) for p in parts])
+        self.keys = (np.concatenate([p.keys for p in parts])
+                     if all(p.keys is not None for p in parts) else None)
+        self.lines = (np.concatenate([p.lines for p in parts])
+                      if all(p.lines is not None for p in parts) else None)
+        self.segments = [(p.shard, len(p)) for p in parts]
+
+
+def _split(batch: RecordBatch, n: int) -> tuple[RecordBatch, RecordBatch]:
+    def part(sl):
+        return RecordBatch(batch.shard, batch.serialized[sl], batch.indices[sl],
+                           None if batch.keys is None else batch.keys[sl],
+                           None if batch.lines is None else batch.lines[sl])
+    return part(slice(None, n)), part(slice(n, None))
+
+
+class PredictDoFn(beam.DoFn):
+    """RecordBatch -> PredictionBatch (+ 'errors', 'latency', 'model_loads' outputs)."""
+
+    def __init__(self, config: ModelConfig, batch_size: int,
+                 clock: Callable[[], int] = time.perf_counter_ns):
+        self._config = config
+        self._batch_size = batch_size
+        self._clock = clock
+        self._shared = shared.Shared()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _load(self):
+        from transforms.model import configure_threads, open_model
+        cfg = self._config
+        configure_threads(cfg.intra_op_threads, cfg.inter_op_threads)
+        start = time.monotonic()
+        model = open_model(cfg.path, cfg.signature, cfg.spec, cfg.cache_dir, warm_up=True)
+        _LOG.info("loaded model %s (signature %s) in process %d in %.1fs",
+                  model.version.path, cfg.signature, os.getpid(), time.monotonic() - start)
+        return _Holder(model)
+
+    def setup(self):
+        key = f"{self._config.path}|{self._config.signature}"
+        self._holder = self._shared.acquire(self._load, tag=key)
+        self._model = self._holder.model
+        self._key_parser = self._build_key_parser()
+        self._predicted = beam.metrics.Metrics.counter(NAMESPACE, "predicted")
+        self._errors = beam.metrics.Metrics.counter(NAMESPACE, "model_errors")
+        self._calls = beam.metrics.Metrics.counter(NAMESPACE, "model_calls")
+        self._loads = beam.metrics.Metrics.counter(NAMESPACE, "model_loads")
+        self._latency = beam.metrics.Metrics.distribution(
+            NAMESPACE, "model_call_latency_micro_secs")
+        self._chunk_sizes = beam.metrics.Metrics.distribution(NAMESPACE, "chunk_size_records")
+        self._scored_since_log = 0
+        self._last_log = time.monotonic()
+
+    def _build_key_parser(self):
+        cfg = self._config
+        if cfg.key_field is None or not cfg.keys_from_examples:
+            return None
+        import tensorflow as tf
+        feature = {cfg.key_field: tf.io.VarLenFeature(tf.dtypes.as_dtype(cfg.key_dtype))}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def parse_keys(serialized):
+            sparse = tf.io.parse_example(serialized, feature)[cfg.key_field]
+            n = tf.shape(serialized, out_type=tf.int64)[0]
+            first = tf.sparse.slice(sparse, [0, 0], [n, 1])  # first value of each row
+            dense = tf.sparse.to_dense(tf.SparseTensor(first.indices, first.values, [n, 1]))
+            count = tf.math.bincount(tf.cast(sparse.indices[:, 0], tf.int32),
+                                     minlength=tf.cast(n, tf.int32))
+            return dense, count > 0
+        return parse_keys
+
+    def start_bundle(self):
+        self._buffer: list[RecordBatch] = []
+        self._buffered = 0
+
+    # -- processing --------------------------------------------------------------------------
+    def process(self, batch: RecordBatch):
+        yield from self._report_load()
+        self._buffer.append(batch)
+        self._buffered += len(batch)
+        while self._buffered >= self._batch_size:
+            yield from self._score_chunk(self._take(self._batch_size))
+
+    def finish_bundle(self):
+        outputs = []
+        if self._buffered:
+            outputs = list(self._score_chunk(self._take(self._buffered)))
+        for out in outputs:
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
+            else:
+                yield GlobalWindows.windowed_value(out)
+
+    def _report_load(self):
+        holder = self._holder
+        if holder.reported:
+            return
+        with holder.lock:
+            if holder.reported:
+                return
+            holder.reported = True
+        self._loads.inc()
+        m = self._model
+        yield beam.pvalue.TaggedOutput("model_loads", {
+            "pid": holder.pid, "host": socket.gethostname(), "model": m.version.path,
+            "version": m.version.version, "signature": m.signature,
+            "load_seconds": round(m.load_seconds, 3), "stage_seconds": round(m.stage_seconds, 3)})
+
+    def _take(self, n: int) -> _Chunk:
+        parts, taken = [], 0
+        while taken < n:
+            head = self._buffer[0]
+            if taken + len(head) <= n:
+                parts.append(self._buffer.pop(0))
+                taken += len(head)
+            else:
+                first, rest = _split(head, n - taken)
+                parts.append(first)
+                self._buffer[0] = rest
+                taken = n
+        self._buffered -= n
+        return _Chunk(parts)
+
+    def _call(self, serialized: np.ndarray):
+        """One timed model call (plus key parsing); raises on failure."""
+        start = self._clock()
+        outputs = self._model.predict(serialized)
+        elapsed_ns = self._clock() - start
+        keys = None
+        if self._key_parser is not None:
+            values, has_key = self._key_parser(serialized)
+            keys = (values.numpy()[:, 0], has_key.numpy())
+        return outputs, keys, elapsed_ns
+
+    def _score_chunk(self, chunk: _Chunk):
+        good = np.ones(len(chunk.indices), dtype=bool)
+        results = []  # (positions, outputs, keys, elapsed_ns) per successful call
+        errors = []
+        self._score_range(chunk, np.arange(len(chunk.indices)), results, errors)
+        for pos, etype, message in errors:
+            good[pos] = False
+            line = None if chunk.lines is None else chunk.lines[pos]
+            errors_row = error_row(chunk.shards[pos], chunk.indices[pos], etype, message,
+                                   chunk.serialized[pos], line=line)
+            yield beam.pvalue.TaggedOutput("errors", errors_row)
+        if errors:
+            self._errors.inc(len(errors))
+        for positions, _, _, elapsed_ns in results:
+            yield from self._latency_rows(chunk, positions, elapsed_ns)
+        if not results:
+            return
+        positions = np.concatenate([r[0] for r in results])
+        order = np.argsort(positions, kind="stable")
+        positions = positions[order]
+        outputs = {name: np.concatenate([r[1][name] for r in results])[order]
+                   for name in results[0][1]}
+        keys = chunk.keys[positions] if chunk.keys is not None else None
+        if self._key_parser is not None:
+            values = np.concatenate([r[2][0] for r in results])[order]
+            has_key = np.concatenate([r[2][1] for r in results])[order]
+            if not has_key.all():
+                for pos in positions[~has_key]:
+                    yield beam.pvalue.TaggedOutput("errors", error_row(
+                        chunk.shards[pos], chunk.indices[pos], "missing_key",
+                        f"key feature {self._config.key_field!r} is absent",
+                        chunk.serialized[pos], line=None))
+                self._errors.inc(int((~has_key).sum()))
+                outputs = {k: v[has_key] for k, v in outputs.items()}
+                positions, values = positions[has_key], values[has_key]
+            keys = values
+        n = len(positions)
+        self._predicted.inc(n)
+        self._scored_since_log += n
+        self._log_progress()
+        yield PredictionBatch(chunk.shards[positions], chunk.indices[positions], keys, outputs)
+
+    def _score_range(self, chunk: _Chunk, positions: np.ndarray, results: list, errors: list):
+        import tensorflow as tf
+        try:
+            outputs, keys, elapsed_ns = self._call(chunk.serialized[positions])
+        except tf.errors.OpError as e:  # a bad record (or the model) failed the call: isolate it
+            if len(positions) == 1:
+                message = _message(e)
+                errors.append((positions[0], classify_tf_error(message), message))
+                return
+            half = len(positions) // 2
+            self._score_range(chunk, positions[:half], results, errors)
+            self._score_range(chunk, positions[half:], results, errors)
+            return
+        n = len(positions)
+        for name, value in outputs.items():
+            if value.ndim == 0 or value.shape[0] != n:
+                raise ValueError(f"model output {name!r} has shape {value.shape} for a batch "
+                                 f"of {n}; outputs need a leading batch dimension")
+        results.append((positions, outputs, keys, elapsed_ns))
+
+    def _latency_rows(self, chunk: _Chunk, positions: np.ndarray, elapsed_ns: int):
+        """One row per (model call, shard in it): the call's latency and the shard's share."""
+        micros = elapsed_ns / 1000.0
+        self._calls.inc()
+        self._latency.update(int(micros))
+        self._chunk_sizes.update(len(positions))
+        n = len(positions)
+        yield beam.pvalue.TaggedOutput("latency", (ALL, (micros, n, n)))
+        shards, counts = np.unique(chunk.shards[positions].astype(str), return_counts=True)
+        for shard, count in zip(shards, counts):
+            yield beam.pvalue.TaggedOutput("latency", (str(shard), (micros, int(count), n)))
+
+    def _log_progress(self):
+        now = time.monotonic()
+        if now - self._last_log >= _PROGRESS_SECONDS:
+            rate = self._scored_since_log / (now - self._last_log)
+            _LOG.info("process %d: scored %d records in the last %.0fs (%.0f/s)", os.getpid(),
+                      self._scored_since_log, now - self._last_log, rate)
+            self._scored_since_log = 0
+            self._last_log = now

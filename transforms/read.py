@@ -1,0 +1,289 @@
+"""Reading input shards into batches: TFRecord (plain or gzip) and CSV, local or gs://.
+
+Files are opened through Beam's `FileSystems` (so gs:// works wherever Beam's GCS filesystem
+does). TFRecord frames are checked with their CRCs record by record, so one corrupt record
+becomes one error row instead of failing the file; gzip is detected from the magic bytes, not
+the file name. CSV is read with the stdlib `csv` module (C parser), which keeps the line number
+of every row and lets one malformed row fail alone; conversion to tensors happens later, in
+`transforms.parse`, column by column.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import logging
+import struct
+import time
+import zlib
+from typing import Iterator
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.records import CsvBatch, RecordBatch, error_row
+
+_LOG = logging.getLogger(__name__)
+NAMESPACE = "batch_predict"
+_READ_CHUNK = 4 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
+_CSV_FIELD_LIMIT = 1 << 30
+
+FORMATS = ("tfrecord", "csv")
+
+
+class InputError(ValueError):
+    """Input options or files that cannot be used; the message says what to change."""
+
+
+def infer_format(patterns: list[str]) -> str:
+    kinds = set()
+    for p in patterns:
+        name = p.lower()
+        if name.endswith((".csv", ".csv.gz")):
+            kinds.add("csv")
+        elif name.endswith((".tfrecord", ".tfrecord.gz", ".tfrecords", ".gz")):
+            kinds.add("tfrecord")
+        else:
+            raise InputError(f"cannot infer the input format of {p} from its extension; "
+                             "pass --input_format tfrecord|csv")
+    if len(kinds) > 1:
+        raise InputError("the inputs mix CSV and TFRecord files; score them in separate jobs "
+                         "or pass --input_format")
+    return kinds.pop()
+
+
+def match_inputs(patterns: list[str]) -> list[tuple[str, int]]:
+    """(path, size) of every file the patterns match; fails on a pattern matching nothing."""
+    files: dict[str, int] = {}
+    for pattern in patterns:
+        try:
+            matched = FileSystems.match([pattern])[0].metadata_list
+        except Exception as e:  # BeamIOError with a per-pattern cause
+            raise InputError(f"cannot list input {pattern}: {e}") from None
+        matched = [m for m in matched if not m.path.endswith("/")]
+        if not matched:
+            raise InputError(f"input pattern {pattern} matches no files")
+        for m in matched:
+            files[m.path] = m.size_in_bytes
+    return sorted(files.items())
+
+
+# --- TFRecord framing ---------------------------------------------------------------------------
+def _masked_crc(data) -> int:
+    import google_crc32c
+    crc = google_crc32c.value(bytes(data)) if isinstance(data, memoryview) else \
+        google_crc32c.value(data)
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def open_shard(path: str):
+    """A binary stream of the shard's content, gunzipped when it starts with gzip magic."""
+    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    head = raw.read(2)
+    if head == _GZIP_MAGIC:
+        raw.seek(0)
+        return gzip.GzipFile(fileobj=raw, mode="rb"), True
+    raw.seek(0)
+    return raw, False
+
+
+_HEADER = struct.Struct("<QI")
+_CRC = struct.Struct("<I")
+
+
+def iter_tfrecords(stream) -> Iterator[tuple]:
+    """Yield ("ok", index, payload) or ("error", index, error_type, message, payload)."""
+    buf = b""
+    pos = 0
+    index = 0
+    eof = False
+
+    def refill(need: int) -> bool:
+        nonlocal buf, pos, eof
+        while len(buf) - pos < need and not eof:
+            chunk = stream.read(max(_READ_CHUNK, need))
+            if not chunk:
+                eof = True
+            buf = buf[pos:] + chunk
+            pos = 0
+        return len(buf) - pos >= need
+
+    try:
+        while True:
+            if not refill(12):
+                if len(buf) - pos:
+                    yield ("error", index, "corrupt_record",
+                           f"truncated record header at the end of the file ({len(buf) - pos} "
+                           f"bytes); {index} records were read before it", buf[pos:])
+                return
+            length, length_crc = _HEADER.unpack_from(buf, pos)
+            if _masked_crc(buf[pos:pos + 8]) != length_crc:
+                yield ("error", index, "unreadable_tail",
+                       f"bad record length checksum (not a TFRecord file, or corrupt); {index} "
+                       "records were read before it and the remainder of the file was not",
+                       buf[pos:pos + 64])
+                return
+            end = pos + 12 + length
+            if not refill(12 + length + 4):
+                yield ("error", index, "corrupt_record",
+                       f"truncated last record (needs {length} bytes); {index} records were "
+                       "read before it", buf[pos + 12:])
+                return
+            end = pos + 12 + length
+            data = buf[pos + 12:end]
+            if _masked_crc(data) != _CRC.unpack_from(buf, end)[0]:
+                yield ("error", index, "corrupt_record", "record data checksum mismatch", data)
+            else:
+                yield ("ok", index, data)
+            pos = end + 4
+            index += 1
+    except (OSError, EOFError, zlib.error) as e:  # broken or cut-short gzip stream
+        yield ("error", index, "unreadable_tail",
+               f"cannot decompress the file ({e}); {index} records were read before it and the "
+               "remainder of the file was not", None)
+
+
+# --- CSV ----------------------------------------------------------------------------------------
+def iter_csv(stream) -> Iterator[tuple]:
+    """Yield ("header", cols), ("ok", index, line, row) or ("error", index, line, type, msg, text).
+
+    Blank lines are not records. The UTF-8 BOM is dropped; undecodable bytes are kept as
+    surrogates so that conversion reports them on the row they belong to.
+    """
+    csv.field_size_limit(_CSV_FIELD_LIMIT)
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    reader = csv.reader(text)
+    header = None
+    index = 0
+    last_line = 0
+    while True:
+        start = last_line + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            last_line = reader.line_num
+            yield ("error", index if header is not None else None, start, "csv_format",
+                   f"malformed CSV: {e}", None)
+            if header is not None:
+                index += 1
+            continue
+        last_line = reader.line_num
+        if not row or (len(row) == 1 and not row[0].strip() and header is not None):
+            continue  # blank line
+        if header is None:
+            header = [c.strip() for c in row]
+            yield ("header", header)
+            continue
+        if len(row) != len(header):
+            yield ("error", index, start, "csv_format",
+                   f"row has {len(row)} columns, the header has {len(header)}", _csv_text(row))
+        else:
+            yield ("ok", index, start, row)
+        index += 1
+
+
+def _csv_text(row: list[str]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(row)
+    return out.getvalue().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+# --- the DoFn and transform ---------------------------------------------------------------------
+class ReadShardDoFn(beam.DoFn):
+    """Reads one shard (file path) into batches; emits error rows and one shard-stats row."""
+
+    def __init__(self, input_format: str, batch_size: int):
+        self._format = input_format
+        self._batch_size = batch_size
+
+    def setup(self):
+        self._records = beam.metrics.Metrics.counter(NAMESPACE, "records_in")
+        self._read_errors = beam.metrics.Metrics.counter(NAMESPACE, "read_errors")
+        self._bytes = beam.metrics.Metrics.counter(NAMESPACE, "input_bytes")
+
+    def process(self, path: str):
+        start = time.monotonic()
+        _LOG.info("read %s: start", path)
+        stream, gz = open_shard(path)
+        reader = self._read_tfrecord if self._format == "tfrecord" else self._read_csv
+        stats = {"records": 0, "read_errors": 0, "unreadable_tail": False, "gzip": gz}
+        try:
+            yield from reader(path, stream, stats)
+        finally:
+            stream.close()
+        self._records.inc(stats["records"])
+        self._read_errors.inc(stats["read_errors"])
+        stats["read_seconds"] = round(time.monotonic() - start, 3)
+        _LOG.info("read %s: %d records (%d unreadable) in %.1fs", path, stats["records"],
+                  stats["read_errors"], stats["read_seconds"])
+        yield beam.pvalue.TaggedOutput("shard_stats", (path, stats))
+
+    def _read_tfrecord(self, path, stream, stats):
+        payloads, indices = [], []
+        for item in iter_tfrecords(stream):
+            stats["records"] += 1
+            if item[0] == "ok":
+                payloads.append(item[2])
+                indices.append(item[1])
+                if len(payloads) >= self._batch_size:
+                    yield _record_batch(path, payloads, indices)
+                    payloads, indices = [], []
+            else:
+                _, index, etype, message, payload = item
+                stats["read_errors"] += 1
+                stats["unreadable_tail"] |= etype == "unreadable_tail"
+                yield beam.pvalue.TaggedOutput("errors", error_row(path, index, etype, message,
+                                                                   payload))
+        if payloads:
+            yield _record_batch(path, payloads, indices)
+
+    def _read_csv(self, path, stream, stats):
+        header, rows, indices, lines = None, [], [], []
+        for item in iter_csv(stream):
+            kind = item[0]
+            if kind == "header":
+                header = item[1]
+                continue
+            stats["records"] += 1
+            if kind == "ok":
+                rows.append(item[3])
+                indices.append(item[1])
+                lines.append(item[2])
+                if len(rows) >= self._batch_size:
+                    yield CsvBatch(path, header, rows, np.array(indices), np.array(lines))
+                    rows, indices, lines = [], [], []
+            else:
+                _, index, line, etype, message, text = item
+                stats["read_errors"] += 1
+                yield beam.pvalue.TaggedOutput("errors", error_row(path, index, etype, message,
+                                                                   text, line=line))
+        if rows:
+            yield CsvBatch(path, header, rows, np.array(indices), np.array(lines))
+
+
+def _record_batch(path, payloads, indices) -> RecordBatch:
+    return RecordBatch(path, np.array(payloads, dtype=object), np.array(indices, np.int64))
+
+
+class ReadRecordBatches(beam.PTransform):
+    """Files -> batches of records from one shard each (+ 'errors', 'shard_stats' outputs)."""
+
+    def __init__(self, files: list[str], input_format: str, batch_size: int):
+        super().__init__()
+        if input_format not in FORMATS:
+            raise InputError(f"--input_format must be one of {FORMATS}, got {input_format!r}")
+        self._files = list(files)
+        self._format = input_format
+        self._batch_size = batch_size
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "ListShards" >> beam.Create(self._files)
+                | "SpreadShards" >> beam.Reshuffle()
+                | "ReadShards" >> beam.ParDo(ReadShardDoFn(self._format, self._batch_size))
+                .with_outputs("errors", "shard_stats", main="batches"))

@@ -1,0 +1,84 @@
+"""The elements that flow through the pipeline, and the dead-letter row format.
+
+From the reader on, an element is a *batch* of records from one shard (`RecordBatch`), never a
+single record: Beam costs tens of microseconds per element, TensorFlow a fraction of that per
+example, so per-element work is paid once per batch.
+
+Error rows (`errors-*.jsonl`) have these fields:
+  shard        the input file
+  index        0-based record index in the shard (TFRecord record / CSV data row), or null
+  line         1-based line number where the CSV row starts (CSV only)
+  error_type   one of ERROR_TYPES
+  message      what is wrong, in words
+  payload      the raw record: text for CSV, base64 for TFRecord bytes (first
+               MAX_PAYLOAD_BYTES bytes); payload_truncated says if it was cut
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+
+import numpy as np
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+
+ERROR_TYPES = {
+    "corrupt_record": "a TFRecord frame whose data CRC does not match, or a truncated last record",
+    "unreadable_tail": "the rest of a file could not be read (bad length CRC, not a TFRecord, "
+                       "broken gzip); `message` says how many records were read before it",
+    "csv_format": "a CSV row with the wrong number of columns, or unparseable CSV syntax",
+    "parse_error": "a value that cannot be converted to the feature's dtype, or a record that "
+                   "is not a tf.Example",
+    "missing_feature": "a required feature (fixed, no default) is absent or empty",
+    "type_mismatch": "a feature holds another type than the spec's (e.g. int64 for float)",
+    "shape_mismatch": "a fixed feature with the wrong number of values",
+    "missing_key": "the --key_field is absent from the record",
+    "model_error": "the model call failed for this record alone",
+}
+
+
+@dataclasses.dataclass
+class RecordBatch:
+    """Serialized tf.Examples from one shard, with where each came from."""
+    shard: str
+    serialized: np.ndarray          # object array of bytes
+    indices: np.ndarray             # int64 record index within the shard
+    keys: np.ndarray | None = None  # key column when the reader has it (CSV)
+    lines: np.ndarray | None = None  # CSV start line numbers
+
+    def __len__(self) -> int:
+        return len(self.serialized)
+
+
+@dataclasses.dataclass
+class CsvBatch:
+    """Raw CSV rows from one shard, before conversion with the feature spec."""
+    shard: str
+    header: list[str]
+    rows: list[list[str]]
+    indices: np.ndarray
+    lines: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def payload_field(payload: bytes | str | None) -> dict:
+    if payload is None:
+        return {"payload": None, "payload_truncated": False}
+    truncated = len(payload) > MAX_PAYLOAD_BYTES
+    payload = payload[:MAX_PAYLOAD_BYTES]
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        payload = base64.b64encode(bytes(payload)).decode("ascii")
+    return {"payload": payload, "payload_truncated": truncated}
+
+
+def error_row(shard: str, index: int | None, error_type: str, message: str,
+              payload: bytes | str | None = None, line: int | None = None) -> dict:
+    assert error_type in ERROR_TYPES, error_type
+    row = {"shard": shard, "index": None if index is None else int(index)}
+    if line is not None:
+        row["line"] = int(line)
+    row.update({"error_type": error_type, "message": message})
+    row.update(payload_field(payload))
+    return row

@@ -1,0 +1,194 @@
+"""Writing predictions, error rows and metrics, and finalizing the output dir atomically.
+
+Everything is first written under a staging dir `OUTPUT/.tmp-RUN_ID/` (Beam's own file sinks
+add their temp-dir-and-rename on top). The last step, `Finalize`, runs once all writes are done
+(their file lists are its side inputs): it removes the previous run's outputs (only with
+--overwrite), renames the staged files into place, then writes `_SUCCESS` if the error budget
+holds. A run that dies before that leaves only `.tmp-*` dirs, which nothing mistakes for output.
+
+Final layout:
+    predictions-SSSSS-of-NNNNN.{jsonl,csv}     errors-SSSSS-of-NNNNN.jsonl
+    metrics/shard_latency-SSSSS-of-NNNNN.jsonl  metrics/model_loads-SSSSS-of-NNNNN.jsonl
+    metrics/summary.json  metrics/errors_by_type.json  _SUCCESS
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import apache_beam as beam
+import orjson
+from apache_beam.io.filesystems import FileSystems
+
+from transforms import format as fmt
+from transforms.metrics import ALL, percentiles_ms  # noqa: F401  (re-exported for reports)
+
+_LOG = logging.getLogger(__name__)
+SHARDS = "-SSSSS-of-NNNNN"
+SUCCESS = "_SUCCESS"
+OUTPUT_PREFIXES = ("predictions-", "errors-", "metrics/", SUCCESS, "manifest.json")
+
+
+class OutputError(ValueError):
+    """The output location cannot be used as asked."""
+
+
+def _join(*parts: str) -> str:
+    return FileSystems.join(*parts)
+
+
+def existing_outputs(output_dir: str) -> list[str]:
+    """Files in output_dir that a finished run would have written (staging dirs excluded)."""
+    try:
+        matched = FileSystems.match([_join(output_dir, "**")])[0].metadata_list
+    except Exception:
+        return []
+    root = output_dir.rstrip("/") + "/"
+    out = []
+    for m in matched:
+        rel = m.path[len(root):] if m.path.startswith(root) else m.path
+        if rel.startswith(".tmp-") or not rel or rel.endswith("/"):
+            continue
+        out.append(m.path)
+    return sorted(out)
+
+
+def check_output_dir(output_dir: str, overwrite: bool) -> None:
+    found = existing_outputs(output_dir)
+    if found and not overwrite:
+        raise OutputError(f"output dir {output_dir} is not empty ({len(found)} files, e.g. "
+                          f"{found[0]}); pass --overwrite to replace them when this run "
+                          "finishes, or choose another --output")
+
+
+def _dumps_line(row) -> bytes:
+    return orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class WritePredictions(beam.PTransform):
+    def __init__(self, staging: str, output_format: str, key_field: str | None,
+                 output_names: list[str]):
+        super().__init__()
+        self._staging = staging
+        self._format = output_format
+        self._key_field = key_field
+        self._output_names = output_names
+
+    def expand(self, batches):
+        key_field = self._key_field
+        if self._format == "csv":
+            header = ",".join(fmt.csv_header(key_field, self._output_names))
+            text = batches | "FormatCsv" >> beam.Map(fmt.to_csv, key_field)
+        else:
+            header = None
+            text = batches | "FormatJsonl" >> beam.Map(fmt.to_jsonl, key_field)
+        return (text
+                | "DropEmpty" >> beam.Filter(len)
+                | "WriteFiles" >> beam.io.WriteToText(
+                    _join(self._staging, "predictions"), file_name_suffix="." + self._format,
+                    shard_name_template=SHARDS, header=header))
+
+
+class WriteJsonLines(beam.PTransform):
+    """Rows (dicts) -> `prefix-SSSSS-of-NNNNN.jsonl` under the staging dir."""
+
+    def __init__(self, staging: str, prefix: str):
+        super().__init__()
+        self._path = _join(staging, prefix)
+
+    def expand(self, rows):
+        return (rows
+                | "ToJson" >> beam.Map(_dumps_line)
+                | "WriteFiles" >> beam.io.WriteToText(self._path, file_name_suffix=".jsonl",
+                                                      shard_name_template=SHARDS))
+
+
+class WriteJsonFile(beam.PTransform):
+    """One dict -> one pretty JSON file at `relative_path` under the staging dir."""
+
+    def __init__(self, staging: str, relative_path: str):
+        super().__init__()
+        self._path = _join(staging, relative_path)
+
+    def expand(self, docs):
+        return (docs
+                | "ToJson" >> beam.Map(lambda d: orjson.dumps(d, option=orjson.OPT_INDENT_2))
+                | "WriteFile" >> beam.io.WriteToText(self._path, shard_name_template="",
+                                                     num_shards=1))
+
+
+def build_reports(shard_rows: list[dict], run_info: dict, max_error_rate: float,
+                  clock=time.time) -> dict:
+    """The job summary (metrics/summary.json) from the per-shard rows and the run's facts."""
+    total = next((r for r in shard_rows if r["shard"] == ALL), None) or {
+        "records": 0, "predicted": 0, "errors": 0, "errors_by_type": {}, "batches": 0,
+        "latency_ms": percentiles_ms([]), "mean_us_per_example": None,
+        "unreadable_tail": False}
+    end = clock()
+    wall = max(end - run_info["start_time"], 1e-9)
+    records_in = total["records"]
+    errors = total["errors"]
+    # reader errors are records too (one row each), so records_in counts them once
+    error_rate = errors / records_in if records_in else 0.0
+    summary = dict(run_info)
+    summary.update({
+        "end_time": end, "wall_seconds": round(wall, 3),
+        "records_in": records_in, "predicted": total["predicted"], "errors": errors,
+        "accounted": records_in == total["predicted"] + errors,
+        "counts_exact": not total.get("unreadable_tail", False),
+        "error_rate": round(error_rate, 6), "max_error_rate": max_error_rate,
+        "within_error_budget": error_rate <= max_error_rate,
+        "examples_per_second": round(total["predicted"] / wall, 1),
+        "model_calls": total["batches"], "latency_ms": total["latency_ms"],
+        "mean_us_per_example": total["mean_us_per_example"],
+        "errors_by_type": total["errors_by_type"],
+    })
+    if not summary["counts_exact"]:
+        summary["note"] = ("some files had unreadable tails: records after the damage could "
+                           "not be counted; each such file has one unreadable_tail error row")
+    return summary
+
+
+def errors_by_type_report(shard_rows: list[dict]) -> dict:
+    total = next((r for r in shard_rows if r["shard"] == ALL), {"errors_by_type": {}})
+    return {"total": total["errors_by_type"],
+            "by_shard": {r["shard"]: r["errors_by_type"] for r in shard_rows
+                         if r["shard"] != ALL and r["errors_by_type"]}}
+
+
+class FinalizeDoFn(beam.DoFn):
+    """Moves staged files into place; writes _SUCCESS last when within the error budget."""
+
+    def __init__(self, output_dir: str, staging: str, overwrite: bool):
+        self._output_dir = output_dir
+        self._staging = staging
+        self._overwrite = overwrite
+
+    def process(self, _, summary, *written_lists):
+        staged = sorted({f for files in written_lists for f in files})
+        root = self._staging.rstrip("/") + "/"
+        targets = [_join(self._output_dir, f[len(root):]) for f in staged]
+        old = [f for f in existing_outputs(self._output_dir) if f not in set(targets)]
+        if self._overwrite:
+            old_all = existing_outputs(self._output_dir)
+            if old_all:
+                FileSystems.delete(old_all)
+                _LOG.info("finalize: removed %d files of the previous run", len(old_all))
+        elif old:
+            raise OutputError(f"{self._output_dir} gained files while this run was writing "
+                              f"(e.g. {old[0]}); not overwriting without --overwrite")
+        for target in targets:
+            parent = target.rsplit("/", 1)[0]
+            FileSystems.mkdirs(parent) if not FileSystems.exists(parent) else None
+        FileSystems.rename(staged, targets)
+        try:
+            FileSystems.delete([self._staging])
+        except Exception as e:  # leftover empty staging dirs are harmless; say so
+            _LOG.warning("finalize: could not remove staging dir %s: %s", self._staging, e)
+        if summary["within_error_budget"]:
+            with FileSystems.create(_join(self._output_dir, SUCCESS)) as fh:
+                fh.write(b"")
+        _LOG.info("finalize: %d files in %s%s", len(targets), self._output_dir,
+                  ", _SUCCESS written" if summary["within_error_budget"] else
+                  " (error budget exceeded: no _SUCCESS)")
+        yield len(targets)
