@@ -39,3 +39,63 @@ def demo_data(tmp_path_factory):
     for s in range(3):
         rows += demo.demo_rows(500, seed=1 + s, start_id=s * 500)
     return {"dir": str(root), "rows": rows, **files}
+
+
+# --- no test reaches the network beyond loopback -------------------------------------------
+import ipaddress  # noqa: E402
+import socket  # noqa: E402
+
+NETWORK_ATTEMPTS: list = []
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
+
+
+def _is_loopback(host) -> bool:
+    if host is None:
+        return True
+    host = host.decode() if isinstance(host, bytes) else str(host)
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _guard(address):
+    if isinstance(address, tuple) and address and not _is_loopback(address[0]):
+        NETWORK_ATTEMPTS.append(address)
+        raise OSError(f"tests may only reach loopback; refused {address!r}")
+
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def _connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        _guard(address)
+    return _real_connect(self, address)
+
+
+def _connect_ex(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        _guard(address)
+    return _real_connect_ex(self, address)
+
+
+def _getaddrinfo(host, *args, **kwargs):
+    _guard((host,))
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+socket.socket.connect = _connect
+socket.socket.connect_ex = _connect_ex
+socket.getaddrinfo = _getaddrinfo
+
+
+@pytest.fixture
+def network_attempts():
+    """Non-loopback connection attempts made (and refused) during the test."""
+    start = len(NETWORK_ATTEMPTS)
+    yield lambda: NETWORK_ATTEMPTS[start:]
