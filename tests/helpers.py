@@ -61,6 +61,7 @@ def by_key(rows: list[dict], key: str = "id") -> dict:
     return {r[key]: r for r in rows}
 
 
-def assert_close(actual, expected, rtol=1e-6):
+def assert_close(actual, expected, rtol=1e-5):
+    """float32 model outputs vary in the last bits with the batch size (oneDNN kernels)."""
     np.testing.assert_allclose(np.asarray(actual, dtype=np.float64),
-                               np.asarray(expected, dtype=np.float64), rtol=rtol, atol=1e-7)
+                               np.asarray(expected, dtype=np.float64), rtol=rtol, atol=1e-6)
