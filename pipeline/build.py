@@ -130,7 +130,9 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None) -> JobPlan:
                    run_info=run_info)
 
 
-def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None) -> None:
+def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
+                   predict_dofn: type[PredictDoFn] = PredictDoFn) -> None:
+    """Wire the job; `clock` and `predict_dofn` are injection points for tests."""
     staging = plan.staging_dir
     read = p | "Read" >> ReadRecordBatches([f for f, _ in plan.files], plan.input_format,
                                            plan.batch_size)
@@ -139,7 +141,7 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None) -> None:
     ).with_outputs("errors", main="records")
     predict_kwargs = {"clock": clock} if clock is not None else {}
     scored = parsed.records | "Predict" >> beam.ParDo(
-        PredictDoFn(plan.model, plan.batch_size, **predict_kwargs)
+        predict_dofn(plan.model, plan.batch_size, **predict_kwargs)
     ).with_outputs("errors", "latency", "model_loads", main="predictions")
 
     written = []

@@ -43,13 +43,15 @@ def read_summary(output_dir: str) -> dict | None:
         return json.loads(fh.read())
 
 
-def run(argv: list[str] | None = None, clock=None) -> tuple[beam.runners.runner.PipelineResult,
-                                                            JobPlan]:
-    """Plan, build and run the job; returns the (finished) result and the plan."""
+def run(argv: list[str] | None = None, **inject) -> tuple[beam.runners.runner.PipelineResult,
+                                                         JobPlan]:
+    """Plan, build and run the job; returns the (finished) result and the plan.
+
+    `inject` goes to build_pipeline (tests: clock, predict_dofn)."""
     options = PipelineOptions(argv)
     plan = plan_job(options.view_as(BatchPredictOptions))
     p = make_pipeline(options)
-    build_pipeline(p, plan, clock=clock)
+    build_pipeline(p, plan, **inject)
     result = p.run()
     result.wait_until_finish()
     return result, plan

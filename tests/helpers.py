@@ -10,9 +10,9 @@ import numpy as np
 from pipeline.run import read_summary, run
 
 
-def run_job(model: str, inputs: str, output: str, *extra: str, clock=None) -> dict:
+def run_job(model: str, inputs: str, output: str, *extra: str, **inject) -> dict:
     """Run the pipeline in-process (FnApiRunner); returns the summary it wrote."""
-    run(["--model", model, "--input", inputs, "--output", output, *extra], clock=clock)
+    run(["--model", model, "--input", inputs, "--output", output, *extra], **inject)
     return read_summary(output)
 
 

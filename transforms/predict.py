@@ -70,16 +70,16 @@ class _Holder:
 
 
 def classify_tf_error(message: str) -> str:
+    """Map TensorFlow's parse/model error message for one record to an error type."""
     m = message.lower()
-    if "could not parse example" in m or "can't parse serialized example" in m or \
-            "could not parse" in m:
-        return "parse_error"
     if "is required but could not be found" in m:
         return "missing_feature"
-    if "data types don't match" in m or "data type" in m and "expected type" in m:
+    if "data types don't match" in m:
         return "type_mismatch"
-    if "values != expected" in m or "number of" in m and "expected" in m or "shape" in m:
+    if "values != expected" in m or "values size" in m:
         return "shape_mismatch"
+    if "could not parse example" in m or "can't parse serialized example" in m:
+        return "parse_error"
     return "model_error"
 
 
@@ -273,10 +273,16 @@ class PredictDoFn(beam.DoFn):
         import tensorflow as tf
         try:
             outputs, keys, elapsed_ns = self._call(chunk.serialized[positions])
-        except tf.errors.OpError as e:  # a bad record (or the model) failed the call: isolate it
+        # a bad record (or the model) failed the call: isolate it. TensorFlow quotes the bad
+        # bytes in its message; when they are not UTF-8 the error surfaces as a decode error
+        except (tf.errors.OpError, UnicodeDecodeError) as e:
             if len(positions) == 1:
-                message = _message(e)
-                errors.append((positions[0], classify_tf_error(message), message))
+                if isinstance(e, UnicodeDecodeError):
+                    errors.append((positions[0], "parse_error", "could not parse the record as "
+                                   "a tf.Example (TensorFlow's message held non-UTF-8 bytes)"))
+                else:
+                    message = _message(e)
+                    errors.append((positions[0], classify_tf_error(message), message))
                 return
             half = len(positions) // 2
             self._score_range(chunk, positions[:half], results, errors)

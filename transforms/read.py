@@ -100,11 +100,14 @@ def iter_tfrecords(stream) -> Iterator[tuple]:
     pos = 0
     index = 0
     eof = False
+    # read1 returns what one underlying read gives, so data decoded before a broken gzip
+    # tail is not lost with the exception
+    read = getattr(stream, "read1", stream.read)
 
     def refill(need: int) -> bool:
         nonlocal buf, pos, eof
         while len(buf) - pos < need and not eof:
-            chunk = stream.read(max(_READ_CHUNK, need))
+            chunk = read(max(_READ_CHUNK, need - (len(buf) - pos)))
             if not chunk:
                 eof = True
             buf = buf[pos:] + chunk
