@@ -1,0 +1,142 @@
+"""Running one measurement in a fresh subprocess, and small statistics helpers.
+
+Every measurement is a child process `python -m benchmarks.<module> --result FILE ...` that
+writes one JSON object to FILE. The parent reaps the child with `os.wait4`, which gives that
+child's own peak RSS (ru_maxrss: the larger of the child's and of any descendant it reaped,
+e.g. multi-process SDK workers), and measures the child's wall time from just before spawning.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ChildFailed(RuntimeError):
+    pass
+
+
+def child_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("NO_GCE_CHECK", "true")  # never probe the GCE metadata server
+    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_child(module: str, args: list[str], workdir: str, name: str,
+              timeout: float = 3600.0, python: str | None = None,
+              wrapper: list[str] | None = None) -> dict:
+    """Run `python -m module args --result F --spawned T`; returns the child's JSON plus
+    `peak_rss_mb`, `process_wall_s` and `log`. Raises ChildFailed with the log's tail."""
+    os.makedirs(workdir, exist_ok=True)
+    result_path = os.path.join(workdir, f"{name}.json")
+    log_path = os.path.join(workdir, f"{name}.log")
+    if os.path.exists(result_path):
+        os.remove(result_path)
+    spawned = time.time()
+    cmd = [python or sys.executable, "-m", module, "--result", result_path,
+           "--spawned", repr(spawned)] + list(args)
+    if wrapper:
+        cmd = list(wrapper) + cmd
+    with open(log_path, "wb") as log:
+        log.write((" ".join(cmd) + "\n").encode())
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                                env=child_env())
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.02)
+    wall = time.time() - spawned
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0 or not os.path.exists(result_path):
+        raise ChildFailed(f"{module} {name} exited with {proc.returncode}; log {log_path}:\n"
+                          + tail(log_path))
+    with open(result_path) as fh:
+        out = json.load(fh)
+    out["peak_rss_mb"] = round(usage.ru_maxrss / 1024.0, 1)
+    out["process_wall_s"] = round(wall, 3)
+    out["log"] = log_path
+    return out
+
+
+def tail(path: str, lines: int = 30) -> str:
+    try:
+        with open(path, errors="replace") as fh:
+            return "".join(fh.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def write_result(path: str, result: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(result, fh, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def span(values) -> str:
+    """'median (min–max)' of a list, or the one value, with 3 significant figures."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return fmt(values[0])
+    return f"{fmt(statistics.median(values))} ({fmt(min(values))}–{fmt(max(values))})"
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    a = abs(v)
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.0f}%"
+
+
+def pct_span(values) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return pct(values[0])
+    return f"{pct(statistics.median(values))} ({pct(min(values))}–{pct(max(values))})"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep] + [line(r) for r in rows])

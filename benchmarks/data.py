@@ -1,0 +1,146 @@
+"""Models and data for the benchmarks, built once and cached under a data dir.
+
+Layout (everything is reused when its `.done` marker exists):
+    models/small/1700000000/   pipeline.demo model, hidden (256, 256)
+    models/heavy/1700000000/   the same features, hidden (2048, 2048, 2048)
+    data/rows-N/               pipeline.demo.write_demo_data(rows=N, shards=4): 4 TFRecord
+                               shards (shards 1 and 3 gzip) and 4 CSV shards, same rows
+    scaling/base/              4 plain TFRecord + 4 CSV shards of SCALING_UNIT/4 rows each
+    scaling/rows-N/            4 shards, each the concatenation of N/SCALING_UNIT copies of
+                               the base shard (TFRecord frames concatenate; CSV without the
+                               repeated header), so large inputs cost seconds to make
+
+Run as a child: `python -m benchmarks.data --result F --root DIR --rows 100000 --rows 20000
+--models small,heavy --scaling 100000,2000000`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+
+MODELS = {"small": (256, 256), "heavy": (2048, 2048, 2048)}
+SHARDS = 4
+SCALING_UNIT = 50_000  # rows in scaling/base (all shards together)
+VERSION = "1700000000"
+
+
+def model_base(root: str, name: str) -> str:
+    return os.path.join(root, "models", name)
+
+
+def data_dir(root: str, rows: int) -> str:
+    return os.path.join(root, "data", f"rows-{rows}")
+
+
+def scaling_dir(root: str, rows: int) -> str:
+    return os.path.join(root, "scaling", f"rows-{scaling_rows(rows)}")
+
+
+def scaling_rows(rows: int) -> int:
+    """Scaling inputs are whole multiples of SCALING_UNIT."""
+    return max(1, round(rows / SCALING_UNIT)) * SCALING_UNIT
+
+
+def patterns(directory: str) -> dict:
+    return {"tfrecord": os.path.join(directory, "part-*.tfrecord*"),
+            "csv": os.path.join(directory, "part-*.csv")}
+
+
+def _done(path: str, meta: dict) -> bool:
+    marker = os.path.join(path, ".done")
+    if not os.path.exists(marker):
+        return False
+    with open(marker) as fh:
+        return json.load(fh) == meta
+
+
+def _mark(path: str, meta: dict) -> None:
+    with open(os.path.join(path, ".done"), "w") as fh:
+        json.dump(meta, fh)
+
+
+def ensure_model(root: str, name: str) -> str:
+    from pipeline import demo
+    base = model_base(root, name)
+    meta = {"hidden": list(MODELS[name])}
+    if not _done(base, meta):
+        shutil.rmtree(base, ignore_errors=True)
+        os.makedirs(base)
+        demo.build_demo_model(os.path.join(base, VERSION), hidden=MODELS[name])
+        _mark(base, meta)
+    return base
+
+
+def ensure_data(root: str, rows: int) -> str:
+    from pipeline import demo
+    path = data_dir(root, rows)
+    meta = {"rows": rows, "shards": SHARDS}
+    if not _done(path, meta):
+        shutil.rmtree(path, ignore_errors=True)
+        demo.write_demo_data(path, rows=rows, shards=min(SHARDS, rows))
+        _mark(path, meta)
+    return path
+
+
+def ensure_scaling(root: str, rows: int) -> str:
+    from pipeline import demo
+    base = os.path.join(root, "scaling", "base")
+    meta = {"unit": SCALING_UNIT, "shards": SHARDS}
+    per = SCALING_UNIT // SHARDS
+    if not _done(base, meta):
+        shutil.rmtree(base, ignore_errors=True)
+        os.makedirs(base)
+        for s in range(SHARDS):
+            part = demo.demo_rows(per, seed=100 + s, start_id=s * per)
+            demo.write_tfrecords(part, os.path.join(base, f"part-{s:05d}.tfrecord"))
+            demo.write_csv(part, os.path.join(base, f"part-{s:05d}.csv"))
+        _mark(base, meta)
+    rows = scaling_rows(rows)
+    path = scaling_dir(root, rows)
+    copies = rows // SCALING_UNIT
+    meta = {"rows": rows, "copies": copies}
+    if not _done(path, meta):
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path)
+        for s in range(SHARDS):
+            for ext in ("tfrecord", "csv"):
+                with open(os.path.join(base, f"part-{s:05d}.{ext}"), "rb") as fh:
+                    blob = fh.read()
+                header, body = (blob.split(b"\n", 1) if ext == "csv" else (None, blob))
+                with open(os.path.join(path, f"part-{s:05d}.{ext}"), "wb") as out:
+                    if header is not None:
+                        out.write(header + b"\n")
+                    for _ in range(copies):
+                        out.write(body)
+        _mark(path, meta)
+    return path
+
+
+def main(argv=None) -> int:
+    from benchmarks.common import write_result
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--result", required=True)
+    parser.add_argument("--spawned", type=float, default=None)
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--models", default="small,heavy")
+    parser.add_argument("--rows", type=int, action="append", default=[])
+    parser.add_argument("--scaling", default="")
+    args = parser.parse_args(argv)
+    start = time.time()
+    out = {"models": {}, "data": {}, "scaling": {}}
+    for name in filter(None, args.models.split(",")):
+        out["models"][name] = ensure_model(args.root, name)
+    for rows in args.rows:
+        out["data"][str(rows)] = ensure_data(args.root, rows)
+    for rows in filter(None, args.scaling.split(",")):
+        out["scaling"][str(scaling_rows(int(rows)))] = ensure_scaling(args.root, int(rows))
+    out["seconds"] = round(time.time() - start, 1)
+    write_result(args.result, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
