@@ -27,6 +27,7 @@ from transforms.records import CsvBatch, RecordBatch, error_row
 from transforms.read import NAMESPACE, _csv_text
 
 _NP = {"float32": np.float32, "int64": np.int64}
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 class _CellError(Exception):
@@ -80,10 +81,10 @@ def convert_column(cells: list[str], feature: Feature, sep: str = "|"
     present = arr != ""
     errors: dict[int, _CellError] = {}
     if feature.kind == "fixed" and feature.num_values == 1 and feature.dtype != "string":
-        values = np.zeros(n, dtype=_NP[feature.dtype])
+        wide = np.float64 if feature.dtype == "float32" else np.int64
+        values = np.zeros(n, dtype=wide)
         try:  # vectorised fast path; falls back cell by cell to find the bad ones
-            values[present] = np.array(arr[present].tolist(), dtype=np.str_).astype(
-                _NP[feature.dtype])
+            values[present] = np.array(arr[present].tolist(), dtype=np.str_).astype(wide)
         except (ValueError, OverflowError):
             for i in np.flatnonzero(present):
                 try:
@@ -91,6 +92,12 @@ def convert_column(cells: list[str], feature: Feature, sep: str = "|"
                 except (ValueError, OverflowError):
                     errors[i] = _CellError("parse_error", f"column {feature.name!r}: "
                                            f"{cells[i][:80]!r} is not a valid {feature.dtype}")
+        if feature.dtype == "float32":  # finite text beyond float32's range is an error
+            too_big = np.isfinite(values) & (np.abs(values) > _F32_MAX)
+            for i in np.flatnonzero(too_big & present):
+                errors.setdefault(i, _CellError("parse_error", f"column {feature.name!r}: "
+                                                f"{cells[i][:80]!r} is out of float32 range"))
+            values = np.where(too_big, 0.0, values).astype(np.float32)
         sizes = present.astype(np.int32)
         return FeatureColumn(feature.name, feature.dtype, values, sizes, present), errors
     lists: list[list] = [[] for _ in range(n)]
