@@ -11,24 +11,34 @@ import sys
 
 from transforms.feature_spec import FeatureSpecError
 from transforms.introspect import signature_info
-from transforms.model import ModelError, model_size_bytes, open_model
+from transforms.model import ModelError, load_signature, model_size_bytes, settle_spec
 
 
 def describe(model_path: str, signature: str = "serving_default",
              cache_dir: str | None = None) -> dict:
-    model = open_model(model_path, signature, None, cache_dir, warm_up=False)
+    """What the pipeline sees in a model. A spec that cannot be settled for the chosen
+    signature is reported (`feature_spec_error`) instead of failing: describe is how a user
+    finds out what to put in --feature_spec."""
+    raw = load_signature(model_path, signature, cache_dir)
     signatures = {}
-    for name in sorted(model.loaded.signatures.keys()):
-        try:
-            signatures[name] = signature_info(name, model.loaded.signatures[name]).to_json()
-        except FeatureSpecError as e:
-            signatures[name] = {"error": str(e)}
-    return {
-        "model": model_path, "model_path": model.version.path,
-        "version": model.version.version, "size_bytes": model_size_bytes(model.local_dir),
+    for name in sorted(raw.loaded.signatures.keys()):
+        info = raw.info if name == signature else signature_info(
+            name, raw.loaded.signatures[name])
+        signatures[name] = info.to_json()
+    out = {
+        "model": model_path, "model_path": raw.version.path,
+        "version": raw.version.version, "size_bytes": model_size_bytes(raw.local_dir),
         "signatures": signatures, "chosen_signature": signature,
-        "feature_spec_source": model.spec_source, "feature_spec": model.spec.to_json(),
+        "convention": raw.info.convention,
     }
+    try:
+        spec, source = settle_spec(raw.info, None)
+    except ModelError as e:
+        out["feature_spec_error"] = str(e)
+    else:
+        out["feature_spec_source"] = source
+        out["feature_spec"] = spec.to_json()
+    return out
 
 
 def main(argv: list[str]) -> int:
@@ -45,5 +55,11 @@ def main(argv: list[str]) -> int:
     except (ModelError, FeatureSpecError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(info["feature_spec"] if args.spec_only else info, indent=2))
+    if args.spec_only:
+        if "feature_spec" not in info:
+            print(f"error: {info['feature_spec_error']}", file=sys.stderr)
+            return 2
+        print(json.dumps(info["feature_spec"], indent=2))
+        return 0
+    print(json.dumps(info, indent=2))
     return 0

@@ -75,6 +75,18 @@ class Feature:
             return tuple(self.default)
         return tuple(self.default) * self.num_values
 
+    def same_as(self, other: "Feature") -> bool:
+        """Parses the same values: like ==, but a one-value default equals its broadcast
+        (`[0.0]` for shape [3] is `[0.0, 0.0, 0.0]`, which is how parse ops store it) and NaN
+        defaults are equal."""
+        if (self.name, self.kind, self.dtype, self.shape) != \
+                (other.name, other.kind, other.dtype, other.shape):
+            return False
+        mine, theirs = self.full_default(), other.full_default()
+        if mine is None or theirs is None:
+            return mine is theirs
+        return all(a == b or (a != a and b != b) for a, b in zip(mine, theirs))
+
     def to_json(self) -> dict:
         out: dict[str, Any] = {"kind": self.kind, "dtype": self.dtype}
         if self.kind == "fixed":
@@ -231,7 +243,7 @@ class FeatureSpec(Mapping[str, Feature]):
         for name in self:
             if name not in model_spec:
                 out.append(f"{name}: in the given spec but not parsed by the model")
-            elif self[name] != model_spec[name]:
+            elif not self[name].same_as(model_spec[name]):
                 out.append(f"{name}: given {self[name].describe()}, "
                            f"model parses {model_spec[name].describe()}")
         for name in model_spec:

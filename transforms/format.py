@@ -85,6 +85,8 @@ def to_csv(batch: PredictionBatch, key_field: str | None) -> bytes:
     for name, values in row_columns(batch, key_field):
         names.append(name)
         if values.dtype != object and values.ndim == 1 and values.dtype.kind in "fiub":
+            if values.dtype == np.float16:  # written like JSON lines: as float32
+                values = values.astype(np.float32)
             arrays.append(pa.array(values))
         elif values.ndim == 1:
             arrays.append(pa.array([v if isinstance(v, str) else orjson.dumps(v).decode()

@@ -33,11 +33,17 @@ class SignatureInfo:
     outputs: tuple[TensorInfo, ...]
     convention: str            # "serialized": one string input of serialized tf.Examples
     parsed_spec: FeatureSpec | None  # what the signature's own parse op reads, if any
+    spec_error: str | None = None    # why a parse op was found but could not be read
 
     def to_json(self) -> dict:
-        return {"convention": self.convention,
-                "inputs": {t.name: t.describe() for t in self.inputs},
-                "outputs": {t.name: t.describe() for t in self.outputs}}
+        out = {"convention": self.convention,
+               "inputs": {t.name: t.describe() for t in self.inputs},
+               "outputs": {t.name: t.describe() for t in self.outputs}}
+        if self.parsed_spec is not None:
+            out["parses"] = self.parsed_spec.to_json()["features"]
+        if self.spec_error is not None:
+            out["parse_op_unreadable"] = self.spec_error
+        return out
 
 
 def _tensor_info(name, spec) -> TensorInfo:
@@ -49,31 +55,101 @@ def signature_info(name: str, fn) -> SignatureInfo:
     """Inspect a loaded signature (a ConcreteFunction from `loaded.signatures`)."""
     inputs = tuple(_tensor_info(k, v) for k, v in sorted(fn.structured_input_signature[1].items()))
     outputs = tuple(_tensor_info(k, v) for k, v in sorted(fn.structured_outputs.items()))
-    parsed = recover_spec(fn)
-    serialized = (parsed is not None and len(inputs) == 1 and inputs[0].dtype == "string")
+    try:
+        parsed, error = recover_spec(fn), None
+    except FeatureSpecError as e:  # a parse op we cannot read: the caller may pass a spec
+        parsed, error = None, str(e)
+    serialized = ((parsed is not None or error is not None) and len(inputs) == 1
+                  and inputs[0].dtype == "string")
     return SignatureInfo(name, inputs, outputs, "serialized" if serialized else "tensors",
-                         parsed)
+                         parsed if serialized else None, error if serialized else None)
 
 
 def spec_from_inputs(info: SignatureInfo) -> FeatureSpec:
     """A default spec for a raw-tensor signature: one feature per input, named like it.
 
-    `[None, k...]` inputs become fixed features of shape `[k...]` (required); inputs with an
-    unknown inner dimension become variable-length features (fed densified, zero-padded).
+    `[None, k...]` inputs become fixed features of shape `[k...]` (required); `[None, None]`
+    inputs become variable-length features (fed densified, zero-padded to the longest row of
+    the chunk). Inputs whose per-example shape is unknown (unknown rank, or an unknown
+    dimension other than a single one) cannot be derived: the user passes a spec.
     """
     feats = []
     for t in info.inputs:
-        dtype = {"float16": "float32", "float64": "float32", "int32": "int64",
-                 "int8": "int64", "int16": "int64", "uint8": "int64"}.get(t.dtype, t.dtype)
-        if dtype not in ("float32", "int64", "string"):
+        dtype = TF_EXAMPLE_DTYPE.get(t.dtype)
+        if dtype is None:
             raise FeatureSpecError(f"input {t.name!r} has dtype {t.dtype}, which tf.Example "
                                    "cannot carry")
-        inner = () if t.shape is None else t.shape[1:]
-        if t.shape is not None and all(d is not None for d in inner):
+        if t.shape is None:
+            raise FeatureSpecError(f"input {t.name!r} has an unknown shape, so its feature "
+                                   "cannot be derived from the signature")
+        if len(t.shape) == 0:
+            raise FeatureSpecError(f"input {t.name!r} is a scalar without a batch dimension")
+        inner = t.shape[1:]
+        if all(d is not None for d in inner):
             feats.append(Feature(t.name, "fixed", dtype, tuple(inner)))
-        else:
+        elif len(inner) == 1:
             feats.append(Feature(t.name, "varlen", dtype))
+        else:
+            raise FeatureSpecError(f"input {t.name!r} has shape {t.describe()}: only [None, "
+                                   "k...] (fixed) and [None, None] (variable-length) inputs "
+                                   "can be derived from the signature")
     return FeatureSpec(feats)
+
+
+# tf.Example carries float32, int64 and bytes; these input dtypes are fed by a cast from them
+TF_EXAMPLE_DTYPE = {
+    "float16": "float32", "bfloat16": "float32", "float32": "float32", "float64": "float32",
+    "int8": "int64", "int16": "int64", "int32": "int64", "int64": "int64", "uint8": "int64",
+    "uint16": "int64", "uint32": "int64", "uint64": "int64", "string": "string",
+}
+_CASTS_FROM = {  # spec dtype -> input dtypes it can be cast to without reinterpreting values
+    "float32": {"float16", "bfloat16", "float32", "float64"},
+    "int64": {"float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64",
+              "uint8", "uint16", "uint32", "uint64", "bool"},
+    "string": {"string"},
+}
+
+
+def feed_problems(info: SignatureInfo, spec: FeatureSpec) -> list[str]:
+    """Why `spec` cannot feed the named-tensor inputs of a signature (empty if it can).
+
+    Each input is fed the feature of the same name, parsed with the spec, densified, cast to
+    the input's dtype and reshaped to `[batch, *per-example shape]`.
+    """
+    problems = []
+    for t in info.inputs:
+        if t.name not in spec:
+            problems.append(f"input {t.name!r} ({t.describe()}) has no feature of that name")
+            continue
+        f = spec[t.name]
+        if t.dtype not in _CASTS_FROM[f.dtype]:
+            problems.append(f"input {t.name!r} is {t.dtype} but feature {t.name!r} is "
+                            f"{f.dtype}")
+            continue
+        if t.shape is None:
+            continue  # unknown rank: the signature accepts any shape
+        if len(t.shape) == 0:
+            problems.append(f"input {t.name!r} is a scalar without a batch dimension")
+            continue
+        inner = t.shape[1:]
+        if f.kind == "fixed":
+            if all(d is not None for d in inner):
+                need = 1
+                for d in inner:
+                    need *= d
+                if need != f.num_values:
+                    problems.append(f"input {t.name!r} takes {need} value(s) per example "
+                                    f"({t.describe()}); feature {t.name!r} has "
+                                    f"{f.num_values} (shape {list(f.shape)})")
+            elif len(inner) != len(f.shape) or any(
+                    d is not None and d != s for d, s in zip(inner, f.shape)):
+                problems.append(f"input {t.name!r} ({t.describe()}) does not accept feature "
+                                f"{t.name!r} of shape {list(f.shape)}")
+        elif len(inner) != 1 or inner[0] is not None:
+            problems.append(f"input {t.name!r} ({t.describe()}) cannot take the "
+                            f"{f.kind} feature {t.name!r}: its number of values per example "
+                            "varies; only [None, None] inputs take one")
+    return problems
 
 
 # --- parse-op discovery ----------------------------------------------------------------------

@@ -17,7 +17,8 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.feature_spec import FeatureSpec, FeatureSpecError
-from transforms.introspect import SignatureInfo, signature_info, spec_from_inputs
+from transforms.introspect import (SignatureInfo, feed_problems, signature_info,
+                                   spec_from_inputs)
 
 _LOG = logging.getLogger(__name__)
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
@@ -58,9 +59,24 @@ def resolve_version(path: str) -> ModelVersion:
             raise ModelError(f"model path {path} does not exist")
         raise ModelError(
             f"{path} is neither a SavedModel (no saved_model.pb) nor an export base dir with "
-            "numeric version subdirectories holding one")
+            "numeric version subdirectories holding one" + _deeper_hint(path))
     version = candidates[max(candidates)]
     return ModelVersion(FileSystems.join(path, version), version)
+
+
+def _deeper_hint(path: str) -> str:
+    """Point at export base dirs one level down (Estimator's `export/<exporter>/<ts>/`)."""
+    bases = set()
+    for f in SAVED_MODEL_FILES:
+        try:
+            matches = FileSystems.match([FileSystems.join(path, "*", "*", f)])[0].metadata_list
+        except Exception:  # listing failed: no hint, the main message stands
+            return ""
+        bases.update(m.path.rstrip("/").rsplit("/", 2)[0] for m in matches
+                     if m.path.rstrip("/").split("/")[-2].isdigit())
+    if not bases:
+        return ""
+    return f"; export base dirs found below it: {', '.join(sorted(bases)[:5])}"
 
 
 def configure_threads(intra_op: int, inter_op: int) -> None:
@@ -77,9 +93,27 @@ def configure_threads(intra_op: int, inter_op: int) -> None:
         _LOG.debug("TensorFlow already initialised in this process; thread settings kept")
 
 
-def _first_line(e: BaseException) -> str:
+def error_summary(e: BaseException, limit: int = 500) -> str:
+    """The sentence that says what went wrong, from a TensorFlow error.
+
+    TF prefixes errors raised while running a graph built in this process with "Graph
+    execution error:" and a "Detected at node ... (most recent call last):" traceback; the
+    reason comes after. Those lines, the `[[{{node ...}}]]` suffixes and blank lines are dropped.
+    """
     text = getattr(e, "message", None) or str(e) or type(e).__name__
-    return text.strip().splitlines()[0][:500]
+    lines, in_trace = [], False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("Detected at node") or stripped.startswith("Detected unsupported"):
+            in_trace = True
+            continue
+        if in_trace and (line[:1].isspace() or not stripped):
+            continue  # the traceback's indented "File ..." lines
+        in_trace = False
+        if not stripped or stripped == "Graph execution error:" or stripped.startswith("[["):
+            continue
+        lines.append(stripped)
+    return (" ".join(lines) or text.strip())[:limit]
 
 
 class LoadedModel:
@@ -118,8 +152,11 @@ class LoadedModel:
                 elif isinstance(value, tf.RaggedTensor):
                     value = value.to_tensor()
                 value = tf.cast(value, t.dtype)
+                feature = self.spec[t.name]
                 if t.shape is not None and all(d is not None for d in t.shape[1:]):
                     value = tf.reshape(value, [-1] + list(t.shape[1:]))
+                elif feature.kind == "fixed":  # checked compatible by feed_problems
+                    value = tf.reshape(value, [-1] + list(feature.shape))
                 feeds[t.name] = value
             return fn(**feeds)
         return call
@@ -145,11 +182,15 @@ class LoadedModel:
         example = encode_rows([row], {f.name: f.dtype for f in self.spec.values()})
         try:
             out = self.predict(example)
-        except Exception as e:
+        except Exception as e:  # any failure here is the model's: report it in one sentence
+            reason = error_summary(e)
+            hint = ""
+            if "OpKernel" in reason or "Op type not registered" in reason:
+                hint = (" (the model uses an op this TensorFlow has no kernel for: load its "
+                        "custom op library, or re-export it with ops this TensorFlow has)")
             raise ModelError(
-                f"the model loads but its first call fails (signature {self.signature!r}): "
-                f"{_first_line(e)}. If this names an op or kernel, the model needs an op this "
-                "TensorFlow lacks (a custom op library, or an op removed from TF)") from None
+                f"the model loads but its first call fails on a synthetic example built from "
+                f"the feature spec (signature {self.signature!r}): {reason}{hint}") from None
         for name, value in out.items():
             if value.ndim == 0 or value.shape[0] != 1:
                 raise ModelError(f"output {name!r} is not batched (shape {value.shape} for "
@@ -169,10 +210,21 @@ def stage_local(version: ModelVersion, cache_dir: str | None = None) -> tuple[st
     return local, time.monotonic() - start
 
 
-def open_model(path: str, signature: str = "serving_default",
-               feature_spec: FeatureSpec | None = None, cache_dir: str | None = None,
-               warm_up: bool = True) -> LoadedModel:
-    """Resolve, stage, load and check a model; raises ModelError with one clear sentence."""
+@dataclasses.dataclass
+class RawModel:
+    """A loaded SavedModel and its chosen signature, before the feature spec is settled."""
+    version: ModelVersion
+    local_dir: str
+    loaded: object
+    signature: str
+    info: SignatureInfo
+    load_seconds: float
+    stage_seconds: float
+
+
+def load_signature(path: str, signature: str = "serving_default",
+                   cache_dir: str | None = None) -> RawModel:
+    """Resolve, stage and load a model and inspect the chosen signature (ModelError if not)."""
     import tensorflow as tf
     version = resolve_version(path)
     local, stage_seconds = stage_local(version, cache_dir)
@@ -180,42 +232,54 @@ def open_model(path: str, signature: str = "serving_default",
     try:
         loaded = tf.saved_model.load(local)
     except Exception as e:
-        raise ModelError(f"cannot load SavedModel {version.path}: {_first_line(e)}") from None
+        raise ModelError(f"cannot load SavedModel {version.path}: {error_summary(e)}") from None
     load_seconds = time.monotonic() - start
     signatures = sorted(loaded.signatures.keys())
     if signature not in loaded.signatures:
         raise ModelError(f"signature {signature!r} not found in {version.path}; available: "
                          f"{', '.join(signatures) or '(none)'}")
-    try:
-        info = signature_info(signature, loaded.signatures[signature])
-    except FeatureSpecError as e:
-        raise ModelError(f"signature {signature!r}: {e}") from None
-    spec, source = _settle_spec(info, feature_spec)
-    model = LoadedModel(version, local, loaded, signature, info, spec, source,
-                        load_seconds, stage_seconds)
+    info = signature_info(signature, loaded.signatures[signature])
+    return RawModel(version, local, loaded, signature, info, load_seconds, stage_seconds)
+
+
+def open_model(path: str, signature: str = "serving_default",
+               feature_spec: FeatureSpec | None = None, cache_dir: str | None = None,
+               warm_up: bool = True) -> LoadedModel:
+    """Resolve, stage, load and check a model; raises ModelError with one clear sentence."""
+    raw = load_signature(path, signature, cache_dir)
+    spec, source = settle_spec(raw.info, feature_spec)
+    model = LoadedModel(raw.version, raw.local_dir, raw.loaded, signature, raw.info, spec,
+                        source, raw.load_seconds, raw.stage_seconds)
     if warm_up:
         model.warm_up()
     return model
 
 
-def _settle_spec(info: SignatureInfo, given: FeatureSpec | None) -> tuple[FeatureSpec, str]:
-    if info.parsed_spec is not None:
+def settle_spec(info: SignatureInfo, given: FeatureSpec | None) -> tuple[FeatureSpec, str]:
+    """The spec that feeds the signature and where it came from; ModelError if none can."""
+    if info.convention == "serialized":
+        if info.parsed_spec is None:  # it parses, but its parse op could not be read
+            if given is None:
+                raise ModelError(f"signature {info.name!r}: {info.spec_error}")
+            return given, f"given (the model's parse op could not be read: {info.spec_error})"
         if given is not None:
             diffs = given.diff(info.parsed_spec)
             if diffs:
-                raise ModelError("--feature_spec does not match the spec the model parses: "
-                                 + "; ".join(diffs))
+                raise ModelError(f"--feature_spec does not match what signature {info.name!r} "
+                                 f"parses ({len(diffs)} feature(s) differ): " + "; ".join(diffs))
             return given, "given (matches the model's parse op)"
         return info.parsed_spec, f"model ({info.name} parse op)"
     try:
         spec = given if given is not None else spec_from_inputs(info)
     except FeatureSpecError as e:
         raise ModelError(f"signature {info.name!r}: {e}; pass --feature_spec") from None
-    missing = [t.name for t in info.inputs if t.name not in spec]
-    if missing:
-        raise ModelError(f"signature {info.name!r} needs inputs {missing} that the feature "
-                         f"spec does not provide (spec has: {', '.join(spec)})")
+    problems = feed_problems(info, spec)
+    if problems:
+        raise ModelError(f"signature {info.name!r} takes named tensors that the "
+                         f"{'given' if given is not None else 'derived'} feature spec cannot "
+                         f"feed: {'; '.join(problems)} (spec has: {', '.join(spec)})")
     return spec, "given" if given is not None else f"model ({info.name} input signature)"
+
 
 
 def model_size_bytes(local_dir: str) -> int:
