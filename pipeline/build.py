@@ -16,17 +16,17 @@ import time
 import uuid
 
 import apache_beam as beam
+from apache_beam.utils import shared
 
 from pipeline.options import BatchPredictOptions
 from transforms import metrics as m
 from transforms.feature_spec import FeatureSpec, FeatureSpecError
 from transforms.model import ModelError, open_model
 from transforms.parse import ParseWithSpecDoFn
-from transforms.predict import ModelConfig, PredictDoFn
+from transforms.predict import ModelConfig, ModelHolder, PredictDoFn, shared_tag
 from transforms.read import InputError, ReadRecordBatches, infer_format, match_inputs
-from transforms.write import (FinalizeDoFn, OutputError, WriteJsonFile, WriteJsonLines,
-                              WritePredictions, build_reports, check_output_dir,
-                              errors_by_type_report)
+from transforms.write import (FinalizeDoFn, OutputError, WriteJsonLines, WriteMetricsDoFn,
+                              WritePredictions, build_reports, check_output_dir)
 
 _LOG = logging.getLogger(__name__)
 USER_ERRORS = (InputError, ModelError, FeatureSpecError, OutputError)
@@ -46,6 +46,10 @@ class JobPlan:
     max_error_rate: float
     list_separator: str
     run_info: dict
+    # the launcher's loaded model, registered in a Shared handle that PredictDoFn carries:
+    # an in-process runner reuses it instead of loading a second copy
+    shared_model: object = None
+    model_holder: object = None
 
 
 def _key_dtype(opts, spec: FeatureSpec, input_format: str, first_file: str) -> str:
@@ -122,12 +126,14 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None) -> JobPlan:
         "input_bytes": sum(s for _, s in files), "batch_size": opts.batch_size,
         "output_format": opts.output_format, "key_field": opts.key_field,
     }
+    shared_model = shared.Shared()
+    holder = shared_model.acquire(lambda: ModelHolder(model), tag=shared_tag(config))
     return JobPlan(files=files, input_format=input_format, model=config,
                    output_names=model.output_names, output_dir=output_dir,
                    staging_dir=f"{output_dir}/.tmp-{run_id}", output_format=opts.output_format,
                    batch_size=opts.batch_size, overwrite=opts.overwrite,
                    max_error_rate=opts.max_error_rate, list_separator=opts.csv_list_separator,
-                   run_info=run_info)
+                   run_info=run_info, shared_model=shared_model, model_holder=holder)
 
 
 def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
@@ -139,7 +145,9 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
     parsed = read.batches | "ParseWithSpec" >> beam.ParDo(
         ParseWithSpecDoFn(plan.model.spec, plan.model.key_field, plan.list_separator)
     ).with_outputs("errors", main="records")
-    predict_kwargs = {"clock": clock} if clock is not None else {}
+    predict_kwargs = {"shared_handle": plan.shared_model}
+    if clock is not None:
+        predict_kwargs["clock"] = clock
     scored = parsed.records | "Predict" >> beam.ParDo(
         predict_dofn(plan.model, plan.batch_size, **predict_kwargs)
     ).with_outputs("errors", "latency", "model_loads", main="predictions")
@@ -150,8 +158,6 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
     errors = ((read.errors, parsed.errors, scored.errors)
               | "AllErrors" >> beam.Flatten())
     written.append(errors | "WriteErrors" >> WriteJsonLines(staging, "errors"))
-    written.append(scored.model_loads | "WriteModelLoads" >> WriteJsonLines(
-        staging, "metrics/model_loads"))
 
     events = ((read.shard_stats | "StatsEvents" >> beam.FlatMap(m.stats_events)),
               (scored.latency | "CallEvents" >> beam.Map(m.call_event)),
@@ -160,18 +166,13 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
     shard_rows = (events
                   | "AllEvents" >> beam.Flatten()
                   | "PerShardMetrics" >> beam.CombinePerKey(m.ShardMetricsFn())
-                  | "ShardRows" >> beam.Map(m.shard_row))
-    written.append(shard_rows
-                   | "OnlyShards" >> beam.Filter(lambda r: r["shard"] != m.ALL)
-                   | "WriteShardLatency" >> WriteJsonLines(staging, "metrics/shard_latency"))
-    all_rows = shard_rows | "GatherRows" >> beam.combiners.ToList()
-    summary = all_rows | "Summarize" >> beam.Map(build_reports, plan.run_info,
-                                                 plan.max_error_rate)
-    written.append(summary | "WriteSummary" >> WriteJsonFile(staging, "metrics/summary.json"))
-    written.append(all_rows
-                   | "ErrorsByType" >> beam.Map(errors_by_type_report)
-                   | "WriteErrorsByType" >> WriteJsonFile(staging,
-                                                          "metrics/errors_by_type.json"))
+                  | "ShardRows" >> beam.Map(m.shard_row)
+                  | "GatherRows" >> beam.combiners.ToList())
+    summary = shard_rows | "Summarize" >> beam.Map(build_reports, plan.run_info,
+                                                   plan.max_error_rate)
+    written.append(summary | "WriteMetrics" >> beam.ParDo(
+        WriteMetricsDoFn(staging), beam.pvalue.AsSingleton(shard_rows),
+        beam.pvalue.AsList(scored.model_loads)))
     side = [beam.pvalue.AsList(w) for w in written]
     _ = (p
          | "FinalizeTrigger" >> beam.Create([None])

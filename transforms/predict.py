@@ -59,7 +59,11 @@ class ModelConfig:
     inter_op_threads: int = 0
 
 
-class _Holder:
+def shared_tag(config: ModelConfig) -> str:
+    return f"{config.path}|{config.signature}"
+
+
+class ModelHolder:
     """What Shared keeps per process (must be weak-referenceable, hence a class)."""
 
     def __init__(self, model):
@@ -114,11 +118,14 @@ class PredictDoFn(beam.DoFn):
     """RecordBatch -> PredictionBatch (+ 'errors', 'latency', 'model_loads' outputs)."""
 
     def __init__(self, config: ModelConfig, batch_size: int,
-                 clock: Callable[[], int] = time.perf_counter_ns):
+                 clock: Callable[[], int] = time.perf_counter_ns,
+                 shared_handle: shared.Shared | None = None):
+        """`shared_handle`: a Shared the launcher already loaded this model through (see
+        pipeline.build.plan_job), so an in-process runner reuses that copy."""
         self._config = config
         self._batch_size = batch_size
         self._clock = clock
-        self._shared = shared.Shared()
+        self._shared = shared_handle or shared.Shared()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _load(self):
@@ -129,11 +136,10 @@ class PredictDoFn(beam.DoFn):
         model = open_model(cfg.path, cfg.signature, cfg.spec, cfg.cache_dir, warm_up=True)
         _LOG.info("loaded model %s (signature %s) in process %d in %.1fs",
                   model.version.path, cfg.signature, os.getpid(), time.monotonic() - start)
-        return _Holder(model)
+        return ModelHolder(model)
 
     def setup(self):
-        key = f"{self._config.path}|{self._config.signature}"
-        self._holder = self._shared.acquire(self._load, tag=key)
+        self._holder = self._shared.acquire(self._load, tag=shared_tag(self._config))
         self._model = self._holder.model
         self._key_parser = self._build_key_parser()
         self._predicted = beam.metrics.Metrics.counter(NAMESPACE, "predicted")

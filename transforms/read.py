@@ -72,11 +72,8 @@ def match_inputs(patterns: list[str]) -> list[tuple[str, int]]:
 
 
 # --- TFRecord framing ---------------------------------------------------------------------------
-def _masked_crc(data) -> int:
-    import google_crc32c
-    crc = google_crc32c.value(bytes(data)) if isinstance(data, memoryview) else \
-        google_crc32c.value(data)
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+_MASK_DELTA = 0xA282EAD8
+_U32 = 0xFFFFFFFF
 
 
 def open_shard(path: str):
@@ -94,59 +91,99 @@ _HEADER = struct.Struct("<QI")
 _CRC = struct.Struct("<I")
 
 
-def iter_tfrecords(stream) -> Iterator[tuple]:
-    """Yield ("ok", index, payload) or ("error", index, error_type, message, payload)."""
-    buf = b""
-    pos = 0
-    index = 0
-    eof = False
+def iter_tfrecord_batches(stream, max_records: int) -> Iterator[tuple]:
+    """Yield ("ok", payloads, indices) lists of up to max_records good records, and
+    ("error", index, error_type, message, payload) where a frame is damaged.
+
+    Both CRCs of every frame are checked (masked CRC32C, as TensorFlow writes them). A bad data
+    CRC loses one record; a bad length CRC or a broken stream loses the rest of the file.
+    This loop is the reader's hot path: one pass per record, locals only, no calls but the
+    two CRCs and one unpack.
+    """
+    import google_crc32c
+    crc32c = google_crc32c.value
+    unpack_header, unpack_crc = _HEADER.unpack_from, _CRC.unpack_from
     # read1 returns what one underlying read gives, so data decoded before a broken gzip
     # tail is not lost with the exception
     read = getattr(stream, "read1", stream.read)
-
-    def refill(need: int) -> bool:
-        nonlocal buf, pos, eof
-        while len(buf) - pos < need and not eof:
-            chunk = read(max(_READ_CHUNK, need - (len(buf) - pos)))
-            if not chunk:
-                eof = True
-            buf = buf[pos:] + chunk
-            pos = 0
-        return len(buf) - pos >= need
-
+    buf, pos, index, eof = b"", 0, 0, False
+    payloads: list = []
+    indices: list = []
     try:
         while True:
-            if not refill(12):
+            if len(buf) - pos < 12 and not eof:
+                chunk = read(_READ_CHUNK)
+                eof = not chunk
+                buf, pos = buf[pos:] + chunk, 0
+                continue
+            if len(buf) - pos < 12:
                 if len(buf) - pos:
+                    if payloads:
+                        yield ("ok", payloads, indices)
+                        payloads, indices = [], []
                     yield ("error", index, "corrupt_record",
                            f"truncated record header at the end of the file ({len(buf) - pos} "
                            f"bytes); {index} records were read before it", buf[pos:])
-                return
-            length, length_crc = _HEADER.unpack_from(buf, pos)
-            if _masked_crc(buf[pos:pos + 8]) != length_crc:
+                break
+            length, length_crc = unpack_header(buf, pos)
+            c = crc32c(buf[pos:pos + 8])
+            if ((((c >> 15) | (c << 17)) & _U32) + _MASK_DELTA) & _U32 != length_crc:
+                if payloads:
+                    yield ("ok", payloads, indices)
+                    payloads, indices = [], []
                 yield ("error", index, "unreadable_tail",
                        f"bad record length checksum (not a TFRecord file, or corrupt); {index} "
                        "records were read before it and the remainder of the file was not",
                        buf[pos:pos + 64])
-                return
+                break
             end = pos + 12 + length
-            if not refill(12 + length + 4):
-                yield ("error", index, "corrupt_record",
-                       f"truncated last record (needs {length} bytes); {index} records were "
-                       "read before it", buf[pos + 12:])
-                return
-            end = pos + 12 + length
+            if end + 4 > len(buf):
+                if eof:
+                    if payloads:
+                        yield ("ok", payloads, indices)
+                        payloads, indices = [], []
+                    yield ("error", index, "corrupt_record",
+                           f"truncated last record (needs {length} bytes); {index} records "
+                           "were read before it", buf[pos + 12:])
+                    break
+                chunk = read(max(_READ_CHUNK, end + 4 - len(buf)))
+                eof = not chunk
+                buf, pos = buf[pos:] + chunk, 0
+                continue
             data = buf[pos + 12:end]
-            if _masked_crc(data) != _CRC.unpack_from(buf, end)[0]:
+            c = crc32c(data)
+            if ((((c >> 15) | (c << 17)) & _U32) + _MASK_DELTA) & _U32 != \
+                    unpack_crc(buf, end)[0]:
+                if payloads:
+                    yield ("ok", payloads, indices)
+                    payloads, indices = [], []
                 yield ("error", index, "corrupt_record", "record data checksum mismatch", data)
             else:
-                yield ("ok", index, data)
+                payloads.append(data)
+                indices.append(index)
+                if len(payloads) >= max_records:
+                    yield ("ok", payloads, indices)
+                    payloads, indices = [], []
             pos = end + 4
             index += 1
     except (OSError, EOFError, zlib.error) as e:  # broken or cut-short gzip stream
+        if payloads:
+            yield ("ok", payloads, indices)
         yield ("error", index, "unreadable_tail",
                f"cannot decompress the file ({e}); {index} records were read before it and the "
                "remainder of the file was not", None)
+        return
+    if payloads:
+        yield ("ok", payloads, indices)
+
+
+def iter_tfrecords(stream) -> Iterator[tuple]:
+    """Record by record: ("ok", index, payload) or ("error", index, type, message, payload)."""
+    for item in iter_tfrecord_batches(stream, 1 << 16):
+        if item[0] == "ok":
+            yield from (("ok", i, p) for i, p in zip(item[2], item[1]))
+        else:
+            yield item
 
 
 # --- CSV ----------------------------------------------------------------------------------------
@@ -227,23 +264,18 @@ class ReadShardDoFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput("shard_stats", (path, stats))
 
     def _read_tfrecord(self, path, stream, stats):
-        payloads, indices = [], []
-        for item in iter_tfrecords(stream):
-            stats["records"] += 1
+        for item in iter_tfrecord_batches(stream, self._batch_size):
             if item[0] == "ok":
-                payloads.append(item[2])
-                indices.append(item[1])
-                if len(payloads) >= self._batch_size:
-                    yield _record_batch(path, payloads, indices)
-                    payloads, indices = [], []
+                _, payloads, indices = item
+                stats["records"] += len(payloads)
+                yield _record_batch(path, payloads, indices)
             else:
                 _, index, etype, message, payload = item
+                stats["records"] += 1
                 stats["read_errors"] += 1
                 stats["unreadable_tail"] |= etype == "unreadable_tail"
                 yield beam.pvalue.TaggedOutput("errors", error_row(path, index, etype, message,
                                                                    payload))
-        if payloads:
-            yield _record_batch(path, payloads, indices)
 
     def _read_csv(self, path, stream, stats):
         header, rows, indices, lines = None, [], [], []

@@ -103,18 +103,33 @@ class WriteJsonLines(beam.PTransform):
                                                       shard_name_template=SHARDS))
 
 
-class WriteJsonFile(beam.PTransform):
-    """One dict -> one pretty JSON file at `relative_path` under the staging dir."""
+class WriteMetricsDoFn(beam.DoFn):
+    """The summary element (+ shard rows and model loads as side inputs) -> the metrics/ files.
 
-    def __init__(self, staging: str, relative_path: str):
-        super().__init__()
-        self._path = _join(staging, relative_path)
+    Metrics are small (one row per shard), so they are written directly in one step rather
+    than through sharded sinks; rewriting them on a retried bundle gives the same files.
+    """
 
-    def expand(self, docs):
-        return (docs
-                | "ToJson" >> beam.Map(lambda d: orjson.dumps(d, option=orjson.OPT_INDENT_2))
-                | "WriteFile" >> beam.io.WriteToText(self._path, shard_name_template="",
-                                                     num_shards=1))
+    def __init__(self, staging: str):
+        self._staging = staging
+
+    def _write(self, relative: str, data: bytes) -> str:
+        path = _join(self._staging, relative)
+        with FileSystems.create(path) as fh:
+            fh.write(data)
+        return path
+
+    def process(self, summary: dict, shard_rows: list[dict], model_loads: list[dict]):
+        rows = sorted((r for r in shard_rows if r["shard"] != ALL), key=lambda r: r["shard"])
+        loads = sorted(model_loads, key=lambda r: (r["host"], r["pid"]))
+        yield self._write("metrics/shard_latency-00000-of-00001.jsonl",
+                          b"".join(_dumps_line(r) + b"\n" for r in rows))
+        yield self._write("metrics/model_loads-00000-of-00001.jsonl",
+                          b"".join(_dumps_line(r) + b"\n" for r in loads))
+        yield self._write("metrics/errors_by_type.json", orjson.dumps(
+            errors_by_type_report(shard_rows), option=orjson.OPT_INDENT_2))
+        yield self._write("metrics/summary.json", orjson.dumps(summary,
+                                                                option=orjson.OPT_INDENT_2))
 
 
 def build_reports(shard_rows: list[dict], run_info: dict, max_error_rate: float,
