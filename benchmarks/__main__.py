@@ -1,0 +1,451 @@
+"""`python -m benchmarks [--quick] [options]` (or `make bench ARGS=...`): measure and print tables.
+
+Sections (`--only`, default all):
+  main          per model size x input format: (a) TF alone, (b) this pipeline per output
+                format, (c) Beam RunInference peer; ratios within each round, median (min–max)
+                over --repeats rounds
+  scaling       records vs us/record and peak RSS (small model, TFRecord -> jsonl)
+  startup       100-record input: process start -> first prediction, minus the TF import
+  multiprocess  heavy model: one process vs --direct_num_workers=2 multi_processing
+
+Every measurement is a fresh subprocess (see benchmarks.common). Models and data are cached in
+--data_dir; outputs and logs go to --work_dir. The report is printed and written to
+WORK_DIR/report.md (raw numbers: WORK_DIR/results.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from benchmarks import data as bdata
+from benchmarks.common import (ChildFailed, fmt, markdown_table, med, pct, pct_span, run_child,
+                               span)
+
+SECTIONS = ("main", "scaling", "startup", "multiprocess")
+DEFAULTS = {"rows": 300_000, "heavy_rows": 40_000, "repeats": 3,
+            "scaling": "100000,500000,1000000,2000000", "output_formats": "jsonl,csv"}
+QUICK = {"rows": 100_000, "heavy_rows": 10_000, "repeats": 1,
+         "scaling": "50000,200000", "output_formats": "jsonl"}
+TARGETS = {"small": 0.50, "heavy": 0.90}
+MP_ARGS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help=f"small sizes, one round: {QUICK}")
+    p.add_argument("--rows", type=int, help=f"records for the small model "
+                                            f"(default {DEFAULTS['rows']})")
+    p.add_argument("--heavy_rows", type=int, help=f"records for the heavy model "
+                                                  f"(default {DEFAULTS['heavy_rows']})")
+    p.add_argument("--repeats", type=int, help="rounds (default 3)")
+    p.add_argument("--models", default="small,heavy")
+    p.add_argument("--formats", default="tfrecord,csv", help="input formats")
+    p.add_argument("--output_formats", help="pipeline output formats (default jsonl,csv)")
+    p.add_argument("--peer_output_formats", default=None,
+                   help="output formats for the RunInference peer (default: the first of "
+                        "--output_formats; its cost is per element either way)")
+    p.add_argument("--scaling", help="record counts for the scaling series, comma-separated "
+                                     f"(default {DEFAULTS['scaling']}); 'off' to skip")
+    p.add_argument("--scaling_repeats", type=int, default=1)
+    p.add_argument("--startup_repeats", type=int, default=None, help="default: --repeats")
+    p.add_argument("--only", default=",".join(SECTIONS), help="sections to run")
+    p.add_argument("--mp_models", default="heavy",
+                   help="models for the multiprocess section (issue 4 asks for heavy)")
+    p.add_argument("--tf_mode", choices=["serialized", "parsed"], default="serialized",
+                   help="TF-alone TFRecord variant (see benchmarks.tf_alone)")
+    p.add_argument("--pipeline_args", default="",
+                   help="extra flags for every pipeline run, e.g. '--batch_size=4096'")
+    p.add_argument("--no_peer", action="store_true", help="skip the RunInference peer")
+    p.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(),
+                                                      "batch-predict-bench-data"))
+    p.add_argument("--work_dir", default=None, help="default: a new temp dir")
+    p.add_argument("--keep_outputs", action="store_true")
+    args = p.parse_args(argv)
+    base = QUICK if args.quick else DEFAULTS
+    for k, v in base.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    args.models = [m for m in args.models.split(",") if m]
+    args.mp_models = [m for m in args.mp_models.split(",") if m]
+    args.formats = [f for f in args.formats.split(",") if f]
+    args.output_formats = [f for f in args.output_formats.split(",") if f]
+    args.peer_output_formats = ([f for f in args.peer_output_formats.split(",") if f]
+                                if args.peer_output_formats else args.output_formats[:1])
+    args.scaling = [] if args.scaling in ("off", "none", "") else \
+        [bdata.scaling_rows(int(x)) for x in args.scaling.split(",")]
+    args.only = [s for s in args.only.split(",") if s]
+    args.startup_repeats = args.startup_repeats or args.repeats
+    args.work_dir = args.work_dir or tempfile.mkdtemp(prefix="batch-predict-bench-")
+    return args
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = args.work_dir
+        self.results: dict = {"main": [], "scaling": [], "startup": [], "multiprocess": []}
+        self.n = 0
+
+    # -- children ----------------------------------------------------------------------------
+    def _out(self, name):
+        path = os.path.join(self.work, "out", name)
+        shutil.rmtree(path, ignore_errors=True)
+        return path
+
+    def _done(self, path):
+        if not self.args.keep_outputs:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _name(self, label):
+        self.n += 1
+        return f"{self.n:03d}-{label}"
+
+    def tf_alone(self, model, pattern, fmt_):
+        return run_child("benchmarks.tf_alone",
+                         ["--model", model, "--input", pattern, "--format", fmt_,
+                          "--mode", self.args.tf_mode],
+                         os.path.join(self.work, "logs"), self._name(f"tf-{fmt_}"))
+
+    def pipeline(self, model, pattern, out_fmt, extra=(), label="pipe"):
+        name = self._name(f"{label}-{out_fmt}")
+        out = self._out(name)
+        argv = ["--", "--model", model, "--input", pattern, "--output", out,
+                "--key_field", "id", "--output_format", out_fmt] + list(extra) + \
+            self.args.pipeline_args.split()
+        try:
+            return run_child("benchmarks.pipeline_child", argv,
+                             os.path.join(self.work, "logs"), name)
+        finally:
+            self._done(out)
+
+    def peer(self, model, pattern, in_fmt, out_fmt):
+        name = self._name(f"ri-{in_fmt}-{out_fmt}")
+        out = self._out(name)
+        try:
+            return run_child("benchmarks.runinference",
+                             ["--model", model, "--input", pattern, "--input_format", in_fmt,
+                              "--output", out, "--output_format", out_fmt],
+                             os.path.join(self.work, "logs"), name)
+        finally:
+            self._done(out)
+
+    # -- sections ----------------------------------------------------------------------------
+    def prepare(self):
+        a = self.args
+        rows = set()
+        if "main" in a.only:
+            rows |= {a.rows if m == "small" else a.heavy_rows for m in a.models}
+        if "multiprocess" in a.only:
+            rows |= {a.rows if m == "small" else a.heavy_rows for m in a.mp_models}
+        if "startup" in a.only:
+            rows.add(100)
+        models = set(a.models) | ({"small"} if {"scaling", "startup"} & set(a.only) else set())
+        if "multiprocess" in a.only:
+            models |= set(a.mp_models)
+        cmd = ["--root", a.data_dir, "--models", ",".join(sorted(models)),
+               "--scaling", ",".join(map(str, a.scaling)) if "scaling" in a.only else ""]
+        for r in sorted(rows):
+            cmd += ["--rows", str(r)]
+        log(f"preparing models {sorted(models)} and data {sorted(rows)} "
+            f"(+ scaling {a.scaling if 'scaling' in a.only else []}) in {a.data_dir}")
+        out = run_child("benchmarks.data", cmd, os.path.join(self.work, "logs"), "data")
+        log(f"data ready ({out['seconds']}s)")
+
+    def model(self, name):
+        return bdata.model_base(self.args.data_dir, name)
+
+    def run_main(self):
+        a = self.args
+        for rnd in range(a.repeats):
+            for m in a.models:
+                rows = a.rows if m == "small" else a.heavy_rows
+                pats = bdata.patterns(bdata.data_dir(a.data_dir, rows))
+                for f in a.formats:
+                    rec = {"round": rnd, "model": m, "format": f, "rows": rows,
+                           "pipeline": {}, "peer": {}}
+                    log(f"round {rnd + 1}/{a.repeats} {m} {f} ({rows} rows): TF alone")
+                    rec["tf"] = self.tf_alone(self.model(m), pats[f], f)
+                    for of in a.output_formats:
+                        log(f"  pipeline -> {of}")
+                        rec["pipeline"][of] = self.pipeline(self.model(m), pats[f], of)
+                    if not a.no_peer:
+                        for of in a.peer_output_formats:
+                            log(f"  RunInference peer -> {of}")
+                            rec["peer"][of] = self.peer(self.model(m), pats[f], f, of)
+                    self._check(rec)
+                    self.results["main"].append(rec)
+                    self.save()
+
+    def _check(self, rec):
+        expected = rec["tf"]["records"]
+        for kind in ("pipeline", "peer"):
+            for of, r in rec[kind].items():
+                if r["records"] != expected:
+                    log(f"WARNING: {kind} {rec['model']} {rec['format']}->{of} wrote "
+                        f"{r['records']} predictions, TF alone scored {expected}")
+
+    def run_scaling(self):
+        a = self.args
+        for rnd in range(a.scaling_repeats):
+            for rows in a.scaling:
+                pat = bdata.patterns(bdata.scaling_dir(a.data_dir, rows))["tfrecord"]
+                log(f"scaling {rows} records (round {rnd + 1}/{a.scaling_repeats})")
+                r = self.pipeline(self.model("small"), pat, "jsonl", label=f"scale{rows}")
+                r["rows"] = rows
+                r["round"] = rnd
+                self.results["scaling"].append(r)
+                self.save()
+
+    def run_startup(self):
+        a = self.args
+        pat = bdata.patterns(bdata.data_dir(a.data_dir, 100))["tfrecord"]
+        for rnd in range(a.startup_repeats):
+            log(f"start-up, 100 records (round {rnd + 1}/{a.startup_repeats})")
+            r = self.pipeline(self.model("small"), pat, "jsonl", label="startup")
+            r["round"] = rnd
+            self.results["startup"].append(r)
+            self.save()
+
+    def run_multiprocess(self):
+        a = self.args
+        variants = [("1 process", []), ("2 workers, multi_processing", MP_ARGS),
+                    ("2 workers, multi_processing, 1 TF intra-op thread each",
+                     MP_ARGS + ["--tf_intra_op_threads=1"])]
+        for rnd in range(a.repeats):
+            for m in a.mp_models:
+                rows = a.heavy_rows if m == "heavy" else a.rows
+                pat = bdata.patterns(bdata.data_dir(a.data_dir, rows))["tfrecord"]
+                rec = {"round": rnd, "model": m, "rows": rows, "variants": {}}
+                for label, extra in variants:
+                    log(f"multiprocess {m}: {label} (round {rnd + 1}/{a.repeats})")
+                    try:
+                        rec["variants"][label] = self.pipeline(self.model(m), pat, "jsonl",
+                                                               extra, label="mp")
+                    except ChildFailed as e:
+                        log(f"  FAILED: {str(e)[:2000]}")
+                        rec["variants"][label] = {"failed": str(e)[-2000:]}
+                self.results["multiprocess"].append(rec)
+                self.save()
+
+    def save(self):
+        with open(os.path.join(self.work, "results.json"), "w") as fh:
+            json.dump({"args": vars(self.args), "machine": machine(), **self.results}, fh,
+                      indent=1, default=str)
+
+
+# --- report -------------------------------------------------------------------------------------
+def machine() -> dict:
+    info = {"python": platform.python_version(), "platform": platform.platform(),
+            "cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as fh:
+            info["mem_gb"] = round(int(fh.readline().split()[1]) / 1e6, 1)
+    except OSError:
+        pass
+    try:
+        from importlib.metadata import version
+        info["tensorflow"] = version("tensorflow")
+        info["apache_beam"] = version("apache-beam")
+    except Exception:
+        pass
+    try:
+        info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+                                     capture_output=True, text=True,
+                                     cwd=os.path.dirname(os.path.dirname(__file__))
+                                     ).stdout.strip()
+    except OSError:
+        pass
+    return info
+
+
+def _g(r, key):
+    return None if r is None or "failed" in r else r.get(key)
+
+
+def report(bench: Bench, argv: list[str]) -> str:
+    a = bench.args
+    res = bench.results
+    m = machine()
+    out = [f"# batch-predict benchmarks — {time.strftime('%Y-%m-%d %H:%M %Z')}",
+           "",
+           f"machine: {m.get('cpu', '?')}, {m['cpus']} cores, {m.get('mem_gb', '?')} GB; "
+           f"Python {m['python']}, TensorFlow {m.get('tensorflow')}, Beam {m.get('apache_beam')}"
+           f"; git {m.get('git', '?')}",
+           f"command: python -m benchmarks {' '.join(argv)}".rstrip(),
+           ""]
+    if res["main"]:
+        out += main_tables(res["main"], a)
+    if res["scaling"]:
+        out += scaling_table(res["scaling"])
+    if res["startup"]:
+        out += startup_table(res["startup"])
+    if res["multiprocess"]:
+        out += multiprocess_table(res["multiprocess"])
+    return "\n".join(out) + "\n"
+
+
+def main_tables(recs, a) -> list[str]:
+    groups: dict = {}
+    for r in recs:
+        groups.setdefault((r["model"], r["format"]), []).append(r)
+    rows, peer_rows = [], []
+    for (model, f), rs in groups.items():
+        tf = [x["tf"]["steady_eps"] for x in rs]
+        for of in a.output_formats:
+            pipes = [x["pipeline"].get(of) for x in rs]
+            e2e = [_g(p, "e2e_eps") for p in pipes]
+            steady = [_g(p, "steady_eps") for p in pipes]
+            r_e2e = [p / t if p and t else None for p, t in zip(e2e, tf)]
+            r_steady = [p / t if p and t else None for p, t in zip(steady, tf)]
+            peers = [x["peer"].get(of) for x in rs]
+            peer = [_g(p, "e2e_eps") for p in peers]
+            r_peer = [p / t if p and t else None for p, t in zip(peer, tf)]
+            vs_peer = [p / q if p and q else None for p, q in zip(e2e, peer)]
+            target = TARGETS.get(model)
+            ok = med(r_e2e)
+            rows.append([model, f, of, f"{rs[0]['rows']:,}", span(tf), span(e2e),
+                         pct_span(r_e2e), span(steady), pct_span(r_steady),
+                         span(peer) if any(peer) else "-",
+                         pct_span(r_peer) if any(peer) else "-",
+                         pct_span(vs_peer) if any(vs_peer) else "-",
+                         fmt(med([_g(p, "peak_rss_mb") for p in pipes])),
+                         f"{pct(target)}: {'met' if ok and ok >= target else 'NOT met'}"
+                         if target else "-"])
+    header = ["model", "input", "output", "records", "(a) TF alone ex/s",
+              "(b) pipeline ex/s e2e", "(b)/(a) e2e", "(b) ex/s steady", "(b)/(a) steady",
+              "(c) RunInference ex/s", "(c)/(a)", "(b)/(c) e2e", "pipeline RSS MB", "target"]
+    n = max(len(v) for v in groups.values())
+    return ["## Throughput, ratios within each round",
+            "",
+            f"median (min–max) over {n} round(s); every ratio is computed within one round, "
+            "then summarised. (a) = TF alone steady-state (after its first batch, model load "
+            "excluded, nothing written); (b) e2e = records / wall time of `pipeline.run.run()` "
+            "(plan + model load + graph + read/parse/predict/write + metrics + finalize; the "
+            "TF/Beam imports excluded); (b) steady = records / (end of run() − first "
+            "prediction); (c) = Beam RunInference peer, e2e like (b). The target column "
+            "compares (b)/(a) e2e with issue 4's target.",
+            "",
+            markdown_table(header, rows), ""]
+
+
+def scaling_table(recs) -> list[str]:
+    by: dict = {}
+    for r in recs:
+        by.setdefault(r["rows"], []).append(r)
+    sizes = sorted(by)
+    base_us = med([x["run_s"] / x["rows"] * 1e6 for x in by[sizes[0]]])
+    base_rss = med([x["peak_rss_mb"] for x in by[sizes[0]]])
+    rows = []
+    for n in sizes:
+        rs = by[n]
+        us = [x["run_s"] / n * 1e6 for x in rs]
+        st = [1e6 / x["steady_eps"] for x in rs if x.get("steady_eps")]
+        rss = [x["peak_rss_mb"] for x in rs]
+        rows.append([f"{n:,}", span([x["run_s"] for x in rs]), span(us),
+                     f"{100 * (med(us) / base_us - 1):+.0f}%", span(st), span(rss),
+                     f"{100 * (med(rss) / base_rss - 1):+.0f}%"])
+    first, last = by[sizes[0]], by[sizes[-1]]
+    marginal = None
+    if len(sizes) > 1:
+        marginal = (med([x["run_s"] for x in last]) - med([x["run_s"] for x in first])) / \
+            (sizes[-1] - sizes[0]) * 1e6
+    out = ["## Scaling (small model, TFRecord -> jsonl)", "",
+           markdown_table(["records", "run() s", "µs/record e2e", "vs first",
+                           "µs/record steady", "peak RSS MB", "vs first"], rows), ""]
+    if marginal is not None:
+        out += [f"marginal cost between {sizes[0]:,} and {sizes[-1]:,} records: "
+                f"{marginal:.1f} µs/record. Targets: µs/record within 15% "
+                f"({'met' if abs(med([x['run_s'] for x in last]) / sizes[-1] * 1e6 / base_us - 1) <= 0.15 else 'NOT met'}),"
+                f" peak RSS growth < 20% "
+                f"({'met' if med([x['peak_rss_mb'] for x in last]) / base_rss - 1 < 0.20 else 'NOT met'}).",
+                ""]
+    return out
+
+
+def startup_table(recs) -> list[str]:
+    keys = [("process spawn → first prediction", "first_pred_s"),
+            ("  of which TF import", "tf_import_s"),
+            ("  of which Beam + pipeline imports", "beam_import_s"),
+            ("  of which run() start → first prediction", "run_to_first_pred_s"),
+            ("start-up (first prediction − spawn − TF import)", "startup_s"),
+            ("run() total (100 records)", "run_s"),
+            ("process wall total", "process_wall_s")]
+    rows = [[label, span([r.get(k) for r in recs]) + " s"] for label, k in keys]
+    st = med([r.get("startup_s") for r in recs])
+    return ["## Start-up (100-record TFRecord input, small model)", "",
+            markdown_table(["", "median (min–max)"], rows), "",
+            f"target: start-up under 5 s beyond the TF import: "
+            f"{'met' if st is not None and st < 5 else 'NOT met'} ({fmt(st)} s).", ""]
+
+
+def multiprocess_table(all_recs) -> list[str]:
+    out = []
+    by_model: dict = {}
+    for r in all_recs:
+        by_model.setdefault(r.get("model", "heavy"), []).append(r)
+    for model, recs in by_model.items():
+        labels = list(recs[0]["variants"])
+        base = labels[0]
+        rows = []
+        for label in labels:
+            vals = [_g(r["variants"].get(label), "e2e_eps") for r in recs]
+            bases = [_g(r["variants"].get(base), "e2e_eps") for r in recs]
+            ratio = [v / b if v and b else None for v, b in zip(vals, bases)]
+            rss = [_g(r["variants"].get(label), "peak_rss_mb") for r in recs]
+            failed = sum(1 for r in recs if "failed" in (r["variants"].get(label) or {}))
+            rows.append([label, span(vals), pct_span(ratio), span(rss),
+                         f"{failed} failed" if failed else ""])
+        best = med([_g(r["variants"].get(labels[1]), "e2e_eps") /
+                    _g(r["variants"][base], "e2e_eps")
+                    for r in recs if _g(r["variants"].get(labels[1]), "e2e_eps")
+                    and _g(r["variants"][base], "e2e_eps")]) if len(labels) > 1 else None
+        out += [f"## Multi-process DirectRunner, {model} model ({recs[0]['rows']:,} records, "
+                "TFRecord -> jsonl)", "",
+                "ratio = this variant's e2e examples/s / one process's, within one round. "
+                "Peak RSS is the largest single process (ru_maxrss), not the sum.", "",
+                markdown_table(["variant", "ex/s e2e", "vs 1 process", "peak RSS MB", ""],
+                               rows), ""]
+        if model == "heavy" and best is not None:
+            out += [f"target (multi-process not slower than one process): "
+                    f"{'met' if best >= 1.0 else 'NOT met'} ({pct(best)}).", ""]
+    return out
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    bench = Bench(args)
+    log(f"work dir {args.work_dir}")
+    start = time.time()
+    bench.prepare()
+    for section in SECTIONS:
+        if section in args.only:
+            getattr(bench, f"run_{section}")()
+    text = report(bench, argv)
+    text += f"\n(total benchmark time {time.time() - start:.0f} s; logs in {args.work_dir})\n"
+    with open(os.path.join(args.work_dir, "report.md"), "w") as fh:
+        fh.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
