@@ -20,6 +20,8 @@ import operator
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from transforms.examples import FeatureColumn, encode_examples
 from transforms.feature_spec import Feature, FeatureSpec
@@ -77,15 +79,31 @@ def convert_column(cells: list[str], feature: Feature, sep: str = "|"
                    ) -> tuple[FeatureColumn, dict[int, _CellError]]:
     """Convert one CSV column; returns the column and {row: error} for cells that fail."""
     n = len(cells)
-    arr = np.array(cells, dtype=object)
-    present = arr != ""
+    text = pa.array(cells, pa.string())
+    present = pc.not_equal(text, "").to_numpy(zero_copy_only=False)
     errors: dict[int, _CellError] = {}
-    if feature.kind == "fixed" and feature.num_values == 1 and feature.dtype != "string":
+    scalar = feature.kind == "fixed" and feature.num_values == 1
+    if scalar and feature.dtype == "string":
+        try:  # str.encode over the list runs in C; surrogates (undecodable input) fail it
+            values = np.array(list(map(str.encode, cells)) + [None], dtype=object)[:-1]
+        except UnicodeEncodeError:
+            values = np.array([b""] * n + [None], dtype=object)[:-1]
+            for i in np.flatnonzero(present):
+                try:
+                    values[i] = cells[i].encode("utf-8")
+                except UnicodeEncodeError:
+                    errors[i] = _CellError("parse_error", f"column {feature.name!r} is not "
+                                                          "valid UTF-8")
+        return FeatureColumn(feature.name, feature.dtype, values, present.astype(np.int32),
+                             present), errors
+    if scalar:
         wide = np.float64 if feature.dtype == "float32" else np.int64
         values = np.zeros(n, dtype=wide)
-        try:  # vectorised fast path; falls back cell by cell to find the bad ones
-            values[present] = np.array(arr[present].tolist(), dtype=np.str_).astype(wide)
-        except (ValueError, OverflowError):
+        try:  # vectorised fast path (Arrow's C++ parsers); falls back cell by cell
+            parsed = pc.cast(pc.if_else(present, text, "0"),
+                             pa.float64() if feature.dtype == "float32" else pa.int64())
+            values[:] = parsed.to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, ValueError, OverflowError):
             for i in np.flatnonzero(present):
                 try:
                     values[i] = _convert_scalar(cells[i].strip(), feature.dtype)
