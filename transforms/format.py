@@ -51,8 +51,8 @@ def json_fragments(arr: np.ndarray) -> list[bytes]:
     if arr.ndim == 1:
         return orjson.dumps(arr, option=_NUMPY)[1:-1].split(b",")
     if arr.ndim == 2:
-        inner = orjson.dumps(arr, option=_NUMPY)[2:-2]
-        return [b"[" + p + b"]" for p in inner.split(b"],[")]
+        # "[[a,b],[c,d]]" -> "[a,b]", "[c,d]" (numbers hold no brackets, so this is exact)
+        return orjson.dumps(arr, option=_NUMPY)[1:-1].replace(b"],[", b"]\n[").split(b"\n")
     return [orjson.dumps(row, option=_NUMPY) for row in arr]
 
 
