@@ -15,7 +15,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline.build import USER_ERRORS, JobPlan, build_pipeline, plan_job
+from pipeline.dataflow import (RunnerOptionsError, builds_job_only, is_dataflow,
+                               prepare_dataflow_options)
 from pipeline.options import BatchPredictOptions
+from pipeline.provenance import run_provenance
 
 _LOG = logging.getLogger("batch_predict")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR_BUDGET = 0, 1, 2, 3
@@ -49,7 +52,9 @@ def run(argv: list[str] | None = None, **inject) -> tuple[beam.runners.runner.Pi
 
     `inject` goes to build_pipeline (tests: clock, predict_dofn)."""
     options = PipelineOptions(argv)
+    prepare_dataflow_options(options)  # fail fast, before the model is staged
     plan = plan_job(options.view_as(BatchPredictOptions))
+    plan.run_info.update(run_provenance(options, plan.files))
     p = make_pipeline(options)
     build_pipeline(p, plan, **inject)
     result = p.run()
@@ -96,9 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         _, plan = run(argv)
-    except USER_ERRORS as e:
+    except USER_ERRORS + (RunnerOptionsError,) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    options = PipelineOptions(argv)
+    if is_dataflow(options) and builds_job_only(options):
+        print(f"Dataflow job built, not run (template file or dry run); outputs would go to "
+              f"{plan.output_dir}")
+        return EXIT_OK
     summary = read_summary(plan.output_dir)
     if summary is None:
         print(f"error: the job finished but wrote no summary in {plan.output_dir}",

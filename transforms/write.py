@@ -26,7 +26,8 @@ from transforms.metrics import ALL, percentiles_ms  # noqa: F401  (re-exported f
 _LOG = logging.getLogger(__name__)
 SHARDS = "-SSSSS-of-NNNNN"
 SUCCESS = "_SUCCESS"
-OUTPUT_PREFIXES = ("predictions-", "errors-", "metrics/", SUCCESS, "manifest.json")
+MANIFEST = "manifest.json"
+OUTPUT_PREFIXES = ("predictions-", "errors-", "metrics/", SUCCESS, MANIFEST)
 
 
 class OutputError(ValueError):
@@ -53,7 +54,24 @@ def existing_outputs(output_dir: str) -> list[str]:
     return sorted(out)
 
 
+def check_output_bucket(output_dir: str) -> None:
+    """A gs:// output needs an existing bucket: otherwise every worker's first write fails."""
+    if not output_dir.startswith("gs://"):
+        return
+    from apache_beam.io.gcp import gcsio
+    bucket = output_dir[len("gs://"):].split("/", 1)[0]
+    try:
+        found = gcsio.GcsIO().get_bucket(bucket)
+    except Exception as e:  # e.g. Forbidden: may still write objects; let the job try
+        _LOG.info("cannot look up bucket %s (%s); assuming it exists", bucket, type(e).__name__)
+        return
+    if found is None:
+        raise OutputError(f"output bucket gs://{bucket} does not exist; create it (gcloud "
+                          f"storage buckets create gs://{bucket}) or choose another --output")
+
+
 def check_output_dir(output_dir: str, overwrite: bool) -> None:
+    check_output_bucket(output_dir)
     found = existing_outputs(output_dir)
     if found and not overwrite:
         raise OutputError(f"output dir {output_dir} is not empty ({len(found)} files, e.g. "
@@ -171,8 +189,52 @@ def errors_by_type_report(shard_rows: list[dict]) -> dict:
                          if r["shard"] != ALL and r["errors_by_type"]}}
 
 
+def remove_staging_dir(staging: str) -> None:
+    """Delete what is left under the staging dir (Beam's empty temp dirs, on GCS any object).
+
+    GCS has no directories: deleting `gs://b/out/.tmp-X` removes only an object of that exact
+    name, so the trailing slash matters there (Beam's GCS filesystem then deletes the prefix).
+    """
+    target = staging.rstrip("/") + "/" if staging.startswith("gs://") else staging
+    try:
+        FileSystems.delete([target])
+    except Exception as e:  # leftover empty staging dirs are harmless; say so
+        _LOG.warning("finalize: could not remove staging dir %s: %s", staging, e)
+
+
+def build_manifest(summary: dict, outputs: list[str]) -> dict:
+    """manifest.json: what a consumer of the output needs to trust it, from the summary.
+
+    Written after every other file and just before _SUCCESS. Provenance beyond the summary's
+    own facts (input file list, code version, run labels such as the run date) is present when
+    the launcher put it in run_info.
+    """
+    labels = summary.get("labels") or {}
+    return {
+        "run_id": summary["run_id"], "run_date": labels.get("run_date"),
+        "job": labels.get("job"), "labels": labels,
+        "code_version": summary.get("code_version"),
+        "model": {"path": summary["model"], "version_path": summary["model_path"],
+                  "version": summary["model_version"], "signature": summary["signature"]},
+        "inputs": summary.get("input_file_list") or [],
+        "input_files": summary["input_files"], "input_bytes": summary["input_bytes"],
+        "counts": {"records_in": summary["records_in"], "predicted": summary["predicted"],
+                   "errors": summary["errors"], "accounted": summary["accounted"],
+                   "exact": summary["counts_exact"]},
+        "errors": {"rate": summary["error_rate"], "max_rate": summary["max_error_rate"],
+                   "within_budget": summary["within_error_budget"],
+                   "by_type": summary["errors_by_type"]},
+        "latency_ms": summary["latency_ms"], "model_calls": summary["model_calls"],
+        "examples_per_second": summary["examples_per_second"],
+        "start_time": summary["start_time"], "end_time": summary["end_time"],
+        "wall_seconds": summary["wall_seconds"],
+        "outputs": sorted(outputs),
+    }
+
+
 class FinalizeDoFn(beam.DoFn):
-    """Moves staged files into place; writes _SUCCESS last when within the error budget."""
+    """Moves staged files into place, then writes manifest.json and (within the error budget)
+    _SUCCESS, in that order: a consumer that sees _SUCCESS finds everything else in place."""
 
     def __init__(self, output_dir: str, staging: str, overwrite: bool):
         self._output_dir = output_dir
@@ -196,10 +258,10 @@ class FinalizeDoFn(beam.DoFn):
             parent = target.rsplit("/", 1)[0]
             FileSystems.mkdirs(parent) if not FileSystems.exists(parent) else None
         FileSystems.rename(staged, targets)
-        try:
-            FileSystems.delete([self._staging])
-        except Exception as e:  # leftover empty staging dirs are harmless; say so
-            _LOG.warning("finalize: could not remove staging dir %s: %s", self._staging, e)
+        remove_staging_dir(self._staging)
+        manifest = build_manifest(summary, [t[len(self._output_dir) + 1:] for t in targets])
+        with FileSystems.create(_join(self._output_dir, MANIFEST)) as fh:
+            fh.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
         if summary["within_error_budget"]:
             with FileSystems.create(_join(self._output_dir, SUCCESS)) as fh:
                 fh.write(b"")
