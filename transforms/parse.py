@@ -16,6 +16,8 @@ CSV row and the equivalent tf.Example reach the model identically:
 """
 from __future__ import annotations
 
+import decimal
+import math
 import operator
 
 import apache_beam as beam
@@ -29,7 +31,6 @@ from transforms.records import CsvBatch, RecordBatch, error_row
 from transforms.read import NAMESPACE, _csv_text
 
 _NP = {"float32": np.float32, "int64": np.int64}
-_F32_MAX = float(np.finfo(np.float32).max)
 
 
 class _CellError(Exception):
@@ -38,22 +39,48 @@ class _CellError(Exception):
         self.error_type = error_type
 
 
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
 def _to_int(cell: str) -> int:
+    if "_" in cell:  # Python reads "1_000"; CSV writers never mean it
+        raise ValueError(f"{cell!r} is not an integer")
     try:
-        return int(cell)
+        value = int(cell)
     except ValueError:
-        value = float(cell)  # "180.0" is 180; "1e3" is 1000
-        if not value.is_integer():
+        try:  # "180.0" is 180 and "1e3" is 1000, exactly (Decimal, not float: no rounding)
+            number = decimal.Decimal(cell)
+        except decimal.InvalidOperation:
             raise ValueError(f"{cell!r} is not an integer") from None
-        return int(value)
+        if not number.is_finite() or number != number.to_integral_value():
+            raise ValueError(f"{cell!r} is not an integer") from None
+        value = int(number)
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise OverflowError(f"{cell!r} is out of int64 range")
+    return value
+
+
+def _to_float32(cell: str) -> float:
+    if "_" in cell:
+        raise ValueError(f"{cell!r} is not a number")
+    value = float(cell)
+    if math.isfinite(value) and not math.isfinite(float(np.float32(value))):
+        raise OverflowError(f"{cell!r} is out of float32 range")
+    return value
 
 
 def _convert_scalar(cell: str, dtype: str):
     if dtype == "float32":
-        return float(cell)
+        return _to_float32(cell)
     if dtype == "int64":
         return _to_int(cell)
     return cell.encode("utf-8")
+
+
+def _bad_value(feature: Feature, cell: str, e: Exception) -> str:
+    if isinstance(e, OverflowError):
+        return f"column {feature.name!r}: {cell[:80]!r} is out of {feature.dtype} range"
+    return f"column {feature.name!r}: {cell[:80]!r} is not a valid {feature.dtype}"
 
 
 def _convert_cell(cell: str, feature: Feature, sep: str) -> list:
@@ -61,11 +88,8 @@ def _convert_cell(cell: str, feature: Feature, sep: str) -> list:
     try:
         values = [_convert_scalar(p.strip() if feature.dtype != "string" else p, feature.dtype)
                   for p in parts]
-    except (ValueError, OverflowError):
-        raise _CellError("parse_error", f"column {feature.name!r}: {cell[:80]!r} is not "
-                                        f"{'an int64' if feature.dtype == 'int64' else 'a'} "
-                                        f"{feature.dtype if feature.dtype != 'int64' else ''}"
-                         .rstrip()) from None
+    except (ValueError, OverflowError) as e:
+        raise _CellError("parse_error", _bad_value(feature, cell, e)) from None
     except UnicodeEncodeError:
         raise _CellError("parse_error", f"column {feature.name!r} is not valid UTF-8") from None
     if feature.kind == "fixed" and len(values) != feature.num_values:
@@ -100,6 +124,9 @@ def convert_column(cells: list[str], feature: Feature, sep: str = "|"
         wide = np.float64 if feature.dtype == "float32" else np.int64
         values = np.zeros(n, dtype=wide)
         try:  # vectorised fast path (Arrow's C++ parsers); falls back cell by cell
+            if feature.dtype == "int64" and pc.any(pc.match_substring(
+                    text, "x", ignore_case=True)).as_py():
+                raise ValueError("Arrow reads hexadecimal integers; Python and CSV do not")
             parsed = pc.cast(pc.if_else(present, text, "0"),
                              pa.float64() if feature.dtype == "float32" else pa.int64())
             values[:] = parsed.to_numpy(zero_copy_only=False)
@@ -107,11 +134,11 @@ def convert_column(cells: list[str], feature: Feature, sep: str = "|"
             for i in np.flatnonzero(present):
                 try:
                     values[i] = _convert_scalar(cells[i].strip(), feature.dtype)
-                except (ValueError, OverflowError):
-                    errors[i] = _CellError("parse_error", f"column {feature.name!r}: "
-                                           f"{cells[i][:80]!r} is not a valid {feature.dtype}")
+                except (ValueError, OverflowError) as e:
+                    errors[i] = _CellError("parse_error", _bad_value(feature, cells[i], e))
         if feature.dtype == "float32":  # finite text beyond float32's range is an error
-            too_big = np.isfinite(values) & (np.abs(values) > _F32_MAX)
+            with np.errstate(over="ignore"):
+                too_big = np.isfinite(values) & ~np.isfinite(values.astype(np.float32))
             for i in np.flatnonzero(too_big & present):
                 errors.setdefault(i, _CellError("parse_error", f"column {feature.name!r}: "
                                                 f"{cells[i][:80]!r} is out of float32 range"))
