@@ -64,7 +64,9 @@ def _to_float32(cell: str) -> float:
     if "_" in cell:
         raise ValueError(f"{cell!r} is not a number")
     value = float(cell)
-    if math.isfinite(value) and not math.isfinite(float(np.float32(value))):
+    with np.errstate(over="ignore"):
+        as_float32 = float(np.float32(value))
+    if math.isfinite(value) and not math.isfinite(as_float32):
         raise OverflowError(f"{cell!r} is out of float32 range")
     return value
 
