@@ -24,12 +24,13 @@ import sys
 import tempfile
 import time
 
+from benchmarks import common
 from benchmarks import data as bdata
 from benchmarks.common import (ChildFailed, fmt, markdown_table, med, pct, pct_span, run_child,
                                span)
 
 SECTIONS = ("main", "scaling", "startup", "multiprocess")
-DEFAULTS = {"rows": 300_000, "heavy_rows": 40_000, "repeats": 3,
+DEFAULTS = {"rows": 300_000, "heavy_rows": 30_000, "repeats": 3,
             "scaling": "100000,500000,1000000,2000000", "output_formats": "jsonl,csv"}
 QUICK = {"rows": 100_000, "heavy_rows": 10_000, "repeats": 1,
          "scaling": "50000,200000", "output_formats": "jsonl"}
@@ -69,6 +70,10 @@ def parse_args(argv):
                                                       "batch-predict-bench-data"))
     p.add_argument("--work_dir", default=None, help="default: a new temp dir")
     p.add_argument("--keep_outputs", action="store_true")
+    p.add_argument("--code", default="HEAD",
+                   help="git revision whose pipeline/ and transforms/ are measured (exported "
+                        "to WORK_DIR/code, so edits made meanwhile do not leak in); "
+                        "'worktree' = the working tree as it is while each child starts")
     args = p.parse_args(argv)
     base = QUICK if args.quick else DEFAULTS
     for k, v in base.items():
@@ -288,7 +293,7 @@ def report(bench: Bench, argv: list[str]) -> str:
            "",
            f"machine: {m.get('cpu', '?')}, {m['cpus']} cores, {m.get('mem_gb', '?')} GB; "
            f"Python {m['python']}, TensorFlow {m.get('tensorflow')}, Beam {m.get('apache_beam')}"
-           f"; git {m.get('git', '?')}",
+           f"; code measured: {a.commit if a.commit == 'worktree' else a.commit[:10]}",
            f"command: python -m benchmarks {' '.join(argv)}".rstrip(),
            ""]
     if res["main"]:
@@ -434,6 +439,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     bench = Bench(args)
     log(f"work dir {args.work_dir}")
+    if args.code != "worktree":
+        args.commit = common.snapshot_code(os.path.join(args.work_dir, "code"), args.code)
+        log(f"measuring commit {args.commit[:10]} (exported to {common.CODE_DIR})")
+    else:
+        args.commit = "worktree"
     start = time.time()
     bench.prepare()
     for section in SECTIONS:

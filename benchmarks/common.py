@@ -15,6 +15,27 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# where children import `pipeline`/`transforms`/`benchmarks` from (see snapshot_code)
+CODE_DIR = REPO
+
+
+def snapshot_code(dest: str, rev: str = "HEAD") -> str:
+    """Export `rev`'s pipeline/ and transforms/ (plus the working tree's benchmarks/) to dest,
+    and make every child import from there: other people edit the work tree while a
+    benchmark runs, and numbers must belong to one commit. Returns the commit id."""
+    global CODE_DIR
+    import shutil
+    commit = subprocess.run(["git", "rev-parse", rev], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    shutil.rmtree(dest, ignore_errors=True)
+    os.makedirs(dest)
+    archive = subprocess.run(["git", "archive", commit, "pipeline", "transforms"], cwd=REPO,
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
+    shutil.copytree(os.path.join(REPO, "benchmarks"), os.path.join(dest, "benchmarks"),
+                    ignore=shutil.ignore_patterns("__pycache__", "*.md"))
+    CODE_DIR = dest
+    return commit
 
 
 class ChildFailed(RuntimeError):
@@ -25,7 +46,8 @@ def child_env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("NO_GCE_CHECK", "true")  # never probe the GCE metadata server
-    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = CODE_DIR + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
+                                     else "")
     env.setdefault("PYTHONUNBUFFERED", "1")
     if extra:
         env.update(extra)
@@ -50,7 +72,7 @@ def run_child(module: str, args: list[str], workdir: str, name: str,
     with open(log_path, "wb") as log:
         log.write((" ".join(cmd) + "\n").encode())
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=CODE_DIR,
                                 env=child_env())
         deadline = time.monotonic() + timeout
         while True:

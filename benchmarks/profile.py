@@ -26,6 +26,7 @@ import sys
 import tempfile
 
 from benchmarks import data as bdata
+from benchmarks import common
 from benchmarks.common import REPO, child_env, markdown_table
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?):(?P<line>\d+)\)$")
@@ -94,6 +95,9 @@ def parse_raw(path: str):
 
 
 def _short(path: str) -> str:
+    ours = re.search(r"(?:^|/)((?:pipeline|transforms|benchmarks)/[^/]+\.py)$", path)
+    if ours and "site-packages/" not in path:
+        return ours.group(1)
     for marker in ("site-packages/", REPO + "/"):
         if marker in path:
             return path.split(marker, 1)[1]
@@ -179,7 +183,7 @@ def record(pattern: str, model: str, out_fmt: str, work: str, rate: int,
            "--result", result, "--", "--model", model, "--input", pattern, "--output", out,
            "--key_field", "id", "--output_format", out_fmt] + extra
     with open(os.path.join(work, "profile.log"), "wb") as log:
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=common.CODE_DIR,
                        env=child_env())
     shutil.rmtree(out, ignore_errors=True)
     import json
@@ -201,17 +205,22 @@ def main(argv=None) -> int:
                                                       "batch-predict-bench-data"))
     p.add_argument("--work_dir", default=None)
     p.add_argument("--pipeline_args", default="")
+    p.add_argument("--code", default="HEAD", help="git revision to profile, or 'worktree'")
     args = p.parse_args(argv)
     if args.analyze:
         print(render(analyze(args.analyze, args.rate), args.analyze, args.top))
         return 0
     work = args.work_dir or tempfile.mkdtemp(prefix="batch-predict-profile-")
     os.makedirs(work, exist_ok=True)
+    commit = "worktree"
+    if args.code != "worktree":
+        commit = common.snapshot_code(os.path.join(work, "code"), args.code)[:10]
     bdata.ensure_model(args.data_dir, args.model)
     pattern = bdata.patterns(bdata.ensure_data(args.data_dir, args.rows))[args.format]
     raw, result = record(pattern, bdata.model_base(args.data_dir, args.model),
                          args.output_format, work, args.rate, args.pipeline_args.split())
-    title = (f"{args.model} model, {args.format} -> {args.output_format}, {args.rows:,} "
+    title = (f"commit {commit}: {args.model} model, {args.format} -> {args.output_format}, "
+             f"{args.rows:,} "
              f"records: run() {result['run_s']} s, {result['e2e_eps']:.0f} ex/s e2e, "
              f"{(result.get('steady_eps') or 0):.0f} ex/s steady (under py-spy)")
     print(render(analyze(raw, args.rate), title, args.top))
