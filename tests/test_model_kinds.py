@@ -59,7 +59,8 @@ def test_estimator_v1_predict_signature_every_output(tmp_path, estimator_v1, est
     assert errors(out) == []
     rows = by_key(predictions(out))
     assert set(est_predict_expected) == EST_PREDICT_OUTPUTS
-    zoo.assert_rows_match(rows, [r["id"] for r in est_rows], est_predict_expected)
+    # this graph scores each example independently of its batch: every value is exact
+    zoo.assert_rows_match(rows, [r["id"] for r in est_rows], est_predict_expected, rtol=0)
     # int64 ids beyond 2**53 stay exact; float64 keeps its precision beyond float32
     first = rows[est_rows[0]["id"]]
     assert first["country_hash"] == int(est_predict_expected["country_hash"][0])
@@ -319,3 +320,95 @@ def test_describe_raw_signature_needing_a_spec_says_so(estimator_raw, keras_expo
     assert keras["convention"] == "tensors"
     assert keras["feature_spec"]["features"]["bucket"] == {"kind": "fixed", "dtype": "int64",
                                                            "shape": [1]}
+
+
+def test_raw_signature_bad_records_are_classified_error_rows(tmp_path, keras_export, load):
+    """Per-record failures inside the named-tensor path become error rows with the reason
+    (not a traceback) and the right type; the other records are scored as the model does."""
+    import tensorflow as tf
+    dtypes = {"id": "string", **zoo.feature_dtypes(zoo.KERAS_FEATURES)}
+    good = [{"id": f"g{i}", "age": 20.0 + i, "income": 10.0 * i, "bucket": i % 10}
+            for i in range(30)]
+    records = zoo.example_bytes(good, dtypes)
+    bad = {
+        "missing": zoo.example_bytes([{"id": "missing", "age": 1.0, "bucket": 1}], dtypes),
+        "shape": zoo.example_bytes([{"id": "shape", "age": 1.0, "income": [1.0, 2.0],
+                                     "bucket": 1}], dtypes),
+        "type": zoo.example_bytes([{"id": "type", "age": 1.0, "income": 1.0, "bucket": 1.5}],
+                                  {**dtypes, "bucket": "float32"}),
+    }
+    for i, key in enumerate(bad):  # spread through the file
+        records.insert(7 * i + 3, bad[key][0])
+    path = str(tmp_path / "in.tfrecord")
+    with tf.io.TFRecordWriter(path) as w:
+        for r in records:
+            w.write(r)
+    out = str(tmp_path / "out")
+    summary = run_job(keras_export, path, out, "--key_field", "id", "--max_error_rate", "0.5")
+    assert summary["predicted"] == len(good) and summary["errors"] == 3
+    errs = {e["index"]: e for e in errors(out)}
+    types = {e["error_type"]: e["message"] for e in errs.values()}
+    assert set(types) == {"missing_feature", "shape_mismatch", "type_mismatch"}
+    assert "income" in types["missing_feature"] and "required" in types["missing_feature"]
+    assert "income" in types["shape_mismatch"] and "bucket" in types["type_mismatch"]
+    assert all("Traceback" not in m and "File \"" not in m for m in types.values())
+    expected = zoo.call_signature(
+        load(keras_export), "serving_default",
+        age=np.array([[r["age"]] for r in good], np.float32),
+        income=np.array([[r["income"]] for r in good], np.float32),
+        bucket=np.array([[r["bucket"]] for r in good], np.int64))
+    zoo.assert_rows_match(by_key(predictions(out)), [r["id"] for r in good], expected)
+
+
+# --- output fidelity of the writers -----------------------------------------------------------
+def test_jsonl_and_csv_keep_every_dtype_exactly():
+    """float32 as its shortest repr (reads back to the same float32), float64 in full, int64
+    extremes exact, bool as true/false, UTF-8 text, other bytes as {"b64"}, [n,k] and [n,k,m]
+    shapes as nested arrays; CSV cells hold the same values."""
+    import base64
+    import io
+
+    from transforms.format import to_csv, to_jsonl
+    from transforms.predict import PredictionBatch
+    rng = np.random.default_rng(0)
+    n = 6
+    f32 = np.concatenate([[np.finfo(np.float32).max, np.finfo(np.float32).tiny, 1e-45, -0.0,
+                           0.1, 1 / 3], rng.normal(0, 1e6, n)]).astype(np.float32)[:n]
+    outputs = {
+        "f32": f32,
+        "f32_k": rng.normal(0, 1, (n, 3)).astype(np.float32),
+        "f64": np.array([0.1, 1 / 3, 1e300, -2 ** -1074, 2 ** 53 + 1.0, np.pi]),
+        "i64": np.array([2 ** 63 - 1, -2 ** 63, 2 ** 53 + 1, 0, -1, 12345678901234567]),
+        "i32_k": rng.integers(-2 ** 31, 2 ** 31, (n, 2)).astype(np.int32),
+        "flag": np.array([True, False] * 3),
+        "text": np.array(["caf\u00e9".encode(), b"", b"\xff\xfe", b"a,b\"c", b"\n", b"x"],
+                         dtype=object),
+        "text_k": np.array([[b"a", b"\x80"]] * n, dtype=object),
+        "grid": rng.normal(0, 1, (n, 2, 2)).astype(np.float32),
+    }
+    batch = PredictionBatch(np.array(["s"] * n, dtype=object), np.arange(n), None, outputs)
+    rows = [json.loads(line) for line in to_jsonl(batch, None).decode().split("\n")]
+    with io.StringIO(to_csv(batch, None).decode()) as fh:
+        cells = list(csv.reader(fh))
+    names = ["shard", "index", *sorted(outputs)]
+    for i in range(n):
+        row = rows[i]
+        assert list(row) == names and dict(zip(names, cells[i]))["index"] == str(i)
+        cell = dict(zip(names, cells[i]))
+        assert np.float32(row["f32"]).tobytes() == f32[i].tobytes()  # -0.0 stays -0.0
+        assert np.float32(float(cell["f32"])).tobytes() == f32[i].tobytes()
+        assert len(repr(row["f32"])) <= len(repr(float(f32[i])))   # shortest, not float64
+        assert np.array(row["f32_k"], np.float32).tobytes() == outputs["f32_k"][i].tobytes()
+        assert row["f64"] == outputs["f64"][i] and float(cell["f64"]) == outputs["f64"][i]
+        assert row["i64"] == int(outputs["i64"][i]) and int(cell["i64"]) == row["i64"]
+        assert row["i32_k"] == outputs["i32_k"][i].tolist() == json.loads(cell["i32_k"])
+        assert row["flag"] is bool(outputs["flag"][i])
+        raw = outputs["text"][i]
+        try:
+            assert row["text"] == raw.decode("utf-8") == cell["text"]
+        except UnicodeDecodeError:
+            assert row["text"] == {"b64": base64.b64encode(raw).decode()}
+            assert json.loads(cell["text"]) == row["text"]
+        assert row["text_k"] == ["a", {"b64": "gA=="}] == json.loads(cell["text_k"])
+        assert np.array(row["grid"], np.float32).tobytes() == outputs["grid"][i].tobytes()
+    assert rows[0]["f32"] == 3.4028235e38 and rows[4]["f32"] == 0.1

@@ -79,6 +79,14 @@ def _deeper_hint(path: str) -> str:
     return f"; export base dirs found below it: {', '.join(sorted(bases)[:5])}"
 
 
+def _concise(e):
+    """The same OpError (class, node, op) with `error_summary` as its message."""
+    try:
+        return type(e)(e.node_def, e.op, error_summary(e, limit=4000))
+    except TypeError:  # an OpError subclass with another constructor: keep it as it is
+        return e
+
+
 def configure_threads(intra_op: int, inter_op: int) -> None:
     """Set TF thread pools; only possible before TF's runtime starts in this process."""
     import tensorflow as tf
@@ -152,19 +160,27 @@ class LoadedModel:
                 elif isinstance(value, tf.RaggedTensor):
                     value = value.to_tensor()
                 value = tf.cast(value, t.dtype)
-                feature = self.spec[t.name]
+                # a fixed feature parses as [batch, *shape]; feed_problems checked that it has
+                # as many values as the input takes per example ([1] -> [], [] -> [1], ...)
                 if t.shape is not None and all(d is not None for d in t.shape[1:]):
                     value = tf.reshape(value, [-1] + list(t.shape[1:]))
-                elif feature.kind == "fixed":  # checked compatible by feed_problems
-                    value = tf.reshape(value, [-1] + list(feature.shape))
                 feeds[t.name] = value
             return fn(**feeds)
         return call
 
     def predict(self, serialized: np.ndarray) -> dict[str, np.ndarray]:
-        """Score a batch of serialized tf.Examples; one array per signature output."""
+        """Score a batch of serialized tf.Examples; one array per signature output.
+
+        A failing call raises the same `tf.errors.OpError` class with the reason only: the
+        parse step of a named-tensor signature runs in a tf.function built in this process,
+        whose errors otherwise start with a long Python traceback, which would push the
+        reason out of a per-record error message (and out of its classification).
+        """
         import tensorflow as tf
-        out = self._fn(tf.constant(serialized, dtype=tf.string))
+        try:
+            out = self._fn(tf.constant(serialized, dtype=tf.string))
+        except tf.errors.OpError as e:
+            raise _concise(e) from None
         return {k: v.numpy() for k, v in out.items()}
 
     @property
