@@ -1,0 +1,33 @@
+"""The flex template's entry point (FLEX_TEMPLATE_PYTHON_PY_FILE): `python -m pipeline`.
+
+The Dataflow template launcher passes every parameter as `--name=value`. The pipeline's
+on/off options are flags (`--overwrite`), which argparse refuses with a value, so
+`--flag=true` becomes `--flag` and `--flag=false` is dropped; everything else passes through.
+"""
+import argparse
+import sys
+
+
+def normalize_flags(argv: list[str]) -> list[str]:
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+    from pipeline.options import BatchPredictOptions
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    BatchPredictOptions._add_argparse_args(parser)
+    flags = {opt for a in parser._actions if isinstance(a, argparse._StoreTrueAction)
+             for opt in a.option_strings}
+    out = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        if sep and name in flags:
+            if value.strip().lower() in ("true", "1", "yes"):
+                out.append(name)
+            elif value.strip().lower() not in ("false", "0", "no", ""):
+                out.append(arg)  # let the pipeline's parser say what is wrong
+        else:
+            out.append(arg)
+    return out
+
+
+if __name__ == "__main__":
+    from pipeline.run import main
+    sys.exit(main(normalize_flags(sys.argv[1:])))
