@@ -57,10 +57,9 @@ def int_text(draw, value: int) -> str:
     forms = [str(value), f" {value} "]
     if value >= 0:
         forms.append(f"+{value}")
-    if abs(value) <= 2 ** 53:  # integral floats are read as ints where floats are exact
-        forms += [f"{value}.0", f"{value}.000"]
-        if value and value % 1000 == 0 and abs(value) < 10 ** 15:
-            forms.append(f"{value // 1000}e3")
+    forms += [f"{value}.0", f"{value}.000"]  # integral decimals are exact at any size
+    if value and value % 1000 == 0:
+        forms.append(f"{value // 1000}e3")
     return draw(st.sampled_from(forms))
 
 
@@ -108,7 +107,7 @@ def cell(draw, feature):
             n = draw(st.sampled_from([feature.num_values - 1, feature.num_values + 1]))
             return "bad", None, "|".join(["1"] * max(n, 2))   # wrong number of values
         if multi:
-            bad = draw(st.sampled_from(BAD[feature.dtype]))
+            bad = draw(st.sampled_from(BAD[feature.dtype] + OUT_OF_RANGE[feature.dtype]))
             return "bad", None, draw(st.sampled_from([f"1|{bad}", f"{bad}|2", "1|"]))
         return "bad", None, draw(st.sampled_from(BAD[feature.dtype] +
                                                  OUT_OF_RANGE[feature.dtype]))
