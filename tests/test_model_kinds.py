@@ -412,3 +412,32 @@ def test_jsonl_and_csv_keep_every_dtype_exactly():
         assert row["text_k"] == ["a", {"b64": "gA=="}] == json.loads(cell["text_k"])
         assert np.array(row["grid"], np.float32).tobytes() == outputs["grid"][i].tobytes()
     assert rows[0]["f32"] == 3.4028235e38 and rows[4]["f32"] == 0.1
+
+
+def test_variable_length_raw_input_padded_per_chunk(tmp_path, load):
+    """A [None, None] input is a var-len feature fed zero-padded; the warm-up example carries
+    one value, so a model that reads the first element (fails on an empty row) still starts."""
+    import tensorflow as tf
+    from transforms.model import open_model
+
+    class FirstToken(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int64, name="tokens"),
+                                      tf.TensorSpec([None], tf.float32, name="w")])
+        def serve(self, tokens, w):
+            return {"first": tokens[:, 0] * 2,
+                    "total": tf.cast(tf.reduce_sum(tokens, axis=1), tf.float32) * w}
+
+    module = FirstToken()
+    path = str(tmp_path / "model")
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    model = open_model(path)  # warm-up included
+    assert model.spec.to_json()["features"]["tokens"] == {"kind": "varlen", "dtype": "int64"}
+    rows = [{"tokens": [5, 1, 2], "w": 0.5}, {"tokens": [7], "w": 2.0},
+            {"tokens": [2 ** 40, 3], "w": 1.0}]
+    got = model.predict(zoo.example_bytes(rows, {"tokens": "int64", "w": "float32"}))
+    expected = zoo.call_signature(load(path), "serving_default",
+                                  tokens=np.array([[5, 1, 2], [7, 0, 0], [2 ** 40, 3, 0]]),
+                                  w=np.array([0.5, 2.0, 1.0], np.float32))
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name])
+    assert got["first"].tolist() == [10, 14, 2 ** 41]

@@ -236,3 +236,20 @@ def test_a_model_copied_without_its_variables(tmp_path, inputs, keras_parsing):
     shutil.rmtree(broken / "variables")
     msg = _run_fails(tmp_path, ModelError, str(broken), inputs["tfrecord"])
     assert msg.startswith(f"cannot load SavedModel {broken}: ") and "\n" not in msg
+
+
+def test_error_summary_keeps_the_reason_of_real_tensorflow_errors():
+    """TF errors from graphs built in this process start with "Graph execution error:" and a
+    Python traceback of where the node was defined; the summary is the reason alone."""
+    import tensorflow as tf
+    from transforms.model import error_summary
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def parse(serialized):
+        return tf.io.parse_example(serialized, {"a": tf.io.FixedLenFeature([], tf.float32)})
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        parse(tf.constant(zoo.example_bytes([{}], {"a": "float32"})))
+    assert "Detected at node" in info.value.message and "File \"" in info.value.message
+    assert error_summary(info.value) == ("Name: <unknown>, Feature: a (data type: float) is "
+                                         "required but could not be found.")

@@ -118,7 +118,9 @@ def error_summary(e: BaseException, limit: int = 500) -> str:
         if in_trace and (line[:1].isspace() or not stripped):
             continue  # the traceback's indented "File ..." lines
         in_trace = False
-        if not stripped or stripped == "Graph execution error:" or stripped.startswith("[["):
+        if not stripped or stripped in ("Graph execution error:",
+                                        "<stack traces unavailable>") or \
+                stripped.startswith("[["):
             continue
         lines.append(stripped)
     return (" ".join(lines) or text.strip())[:limit]
@@ -192,9 +194,11 @@ class LoadedModel:
         from transforms.examples import encode_rows
         row = {}
         for f in self.spec.values():
+            fill = {"float32": 0.0, "int64": 0, "string": ""}[f.dtype]
             if f.kind == "fixed":
-                fill = {"float32": 0.0, "int64": 0, "string": ""}[f.dtype]
                 row[f.name] = list(f.full_default() or (fill,) * f.num_values)
+            else:  # one value: a model may rightly fail on an empty sequence (x[:, 0])
+                row[f.name] = [fill]
         example = encode_rows([row], {f.name: f.dtype for f in self.spec.values()})
         try:
             out = self.predict(example)
