@@ -164,8 +164,16 @@ def _apply_to_loaded_google_auth(host: str, no_gce_check: bool) -> tuple | None:
     return previous
 
 
-@pytest.fixture(scope="session")
-def gcs():
+class _Running:
+    """The process's one emulator. Test modules each import the `gcs` fixture, which makes
+    pytest instantiate it once per module namespace; they must all share one emulator (and one
+    set of environment variables), so the first starts it and the last stops it."""
+    emulator: GcsEmulator | None = None
+    users = 0
+    stop = None
+
+
+def _start() -> GcsEmulator:
     from gcp_storage_emulator.server import create_server
     metadata = MetadataServer()
     metadata.start()
@@ -176,9 +184,8 @@ def gcs():
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     previous = _apply_to_loaded_google_auth(env["GCE_METADATA_HOST"], False)
-    try:
-        yield GcsEmulator(env["STORAGE_EMULATOR_HOST"], metadata, server)
-    finally:
+
+    def stop():
         if previous is not None:
             _apply_to_loaded_google_auth(*previous)
         for k, v in saved.items():
@@ -188,6 +195,23 @@ def gcs():
                 os.environ[k] = v
         server.stop()
         metadata.stop()
+
+    _Running.stop = stop
+    return GcsEmulator(env["STORAGE_EMULATOR_HOST"], metadata, server)
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    if _Running.emulator is None:
+        _Running.emulator = _start()
+    _Running.users += 1
+    try:
+        yield _Running.emulator
+    finally:
+        _Running.users -= 1
+        if _Running.users == 0:
+            _Running.stop()
+            _Running.emulator = None
 
 
 def _is_loopback(address) -> bool:

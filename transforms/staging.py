@@ -106,18 +106,12 @@ def check_sizes(local_dir: str, files: list[RemoteFile]) -> None:
 
 
 class _ProcessCache:
-    """Per-process state: one storage client and the directories already staged."""
+    """Per-process index of the directories already staged (a worker stages a model once;
+    every DoFn instance, bundle and the launcher of a local run then reuse it)."""
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.client = None
         self.staged: dict[tuple[str, str], str] = {}
-
-    def get_client(self):
-        with self.lock:
-            if self.client is None:
-                self.client = _make_client()
-            return self.client
 
 
 _CACHE = _ProcessCache()  # a plain object: no work happens at import time
@@ -195,7 +189,7 @@ def stage_model(uri: str, cache_dir: str | None = None, client=None,
     """Copy the SavedModel dir at gs://... into the local cache; returns the local dir."""
     cache_dir = os.path.abspath(cache_dir or default_cache_dir())
     key = (uri.rstrip("/"), cache_dir)
-    client = client or _CACHE.get_client()
+    client = client or _make_client()
     files = list_model_files(client, uri)
     if not any(f.relative in ("saved_model.pb", "saved_model.pbtxt") for f in files):
         raise StagingError(f"{uri} holds no saved_model.pb: not a SavedModel directory")
@@ -206,12 +200,12 @@ def stage_model(uri: str, cache_dir: str | None = None, client=None,
                                                                        _COMPLETE_MARKER)):
         return local
     os.makedirs(cache_dir, exist_ok=True)
-    with _file_lock(local + ".lock"):
+    with _CACHE.lock, _file_lock(local + ".lock"):  # threads of this process, then processes
         if os.path.exists(os.path.join(local, _COMPLETE_MARKER)):
             _LOG.info("model %s already staged in %s", uri, local)
         else:
             _stage_into(client, bucket, files, local, threads, uri)
-    _CACHE.staged[key] = local
+        _CACHE.staged[key] = local
     return local
 
 
