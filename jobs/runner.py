@@ -46,7 +46,12 @@ def run_date(spec: JobSpec, day: dt.date, extra_argv: list[str] | None = None) -
     argv = pipeline_argv(spec, day) + list(extra_argv or [])
     output = render(spec.output, day).rstrip("/")
     _LOG.info("job %s, run date %s: output %s", spec.name, day, output)
-    code = pipeline_main(argv)
+    try:
+        code = pipeline_main(argv)
+    except Exception:  # the job failed while running (e.g. a Dataflow job failed): record it,
+        # with its traceback, so the other dates of a backfill still run
+        _LOG.exception("job %s, run date %s failed", spec.name, day)
+        return RunOutcome(day, 1, output, None)
     return RunOutcome(day, code, output, read_manifest(output) if code in (0, 3) else None)
 
 

@@ -45,7 +45,7 @@ class Schedule:
 
 @dataclasses.dataclass(frozen=True)
 class FlexTemplate:
-    spec_path: str          # gs://.../batch-predict.json, written by `gcloud dataflow flex-template build`
+    spec_path: str          # gs:// template file from `gcloud dataflow flex-template build`
     image: str | None       # the template's image, also the workers' SDK container image
 
 

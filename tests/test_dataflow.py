@@ -7,14 +7,14 @@ worker would get.
 """
 import io
 import json
-import os
 import tarfile
 
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from tests.gcs_emulator import gcs, loopback_only  # noqa: F401  (fixtures)
-from pipeline.dataflow import RunnerOptionsError, repo_setup_file
+from pipeline.dataflow import RunnerOptionsError, prepare_dataflow_options, repo_setup_file
 from pipeline.run import main, run
+from tests.gcs_emulator import gcs  # noqa: F401  (fixture)
 
 EXPECTED_STEPS = ["Read", "ParseWithSpec", "Predict", "WritePredictions", "WriteErrors",
                   "WriteMetrics", "Finalize"]
@@ -33,7 +33,8 @@ def dataflow_job(gcs, demo_model_base, demo_data, tmp_path_factory):
             "--machine_type", "n2-standard-4", "--max_num_workers", "7",
             "--experiments", "use_runner_v2", "--experiments", "no_use_multiple_sdk_containers",
             "--model", "gs://bp-df/model", "--input", "gs://bp-df/in/part-*.tfrecord",
-            "--output", "gs://bp-df-out/scores", "--key_field", "id"]
+            "--output", "gs://bp-df-out/scores", "--key_field", "id",
+            "--labels", '{"job": "nightly-scores", "run_date": "2026-03-01"}']
     result, plan = run(argv)
     with open(job_file) as fh:
         job = json.load(fh)
@@ -56,6 +57,7 @@ def test_job_options_are_as_given(dataflow_job):
     assert pool["machineType"] == "n2-standard-4"
     assert pool["autoscalingSettings"]["maxNumWorkers"] == 7
     assert set(job["environment"]["experiments"]) >= {"use_runner_v2"}
+    assert job["labels"] == {"job": "nightly-scores", "run_date": "2026-03-01"}
 
 
 def test_staged_sdist_holds_the_packages(dataflow_job):
@@ -102,3 +104,16 @@ def test_local_temp_location_is_refused():
         run(["--runner", "DataflowRunner", "--project", "p", "--region", "r",
              "--temp_location", "/tmp/t", "--model", "/nowhere", "--input", "/x/*",
              "--output", "/tmp/x"])
+
+
+def test_setup_file_defaults_to_this_checkout_unless_the_image_has_the_code():
+    base = ["--runner", "DataflowRunner", "--project", "p", "--region", "r",
+            "--temp_location", "gs://t/tmp"]
+    options = PipelineOptions(base)
+    prepare_dataflow_options(options)
+    assert options.view_as(SetupOptions).setup_file == repo_setup_file()
+    options = PipelineOptions(base + ["--sdk_container_image", "europe-docker.pkg.dev/p/r/i:1"])
+    prepare_dataflow_options(options)
+    assert options.view_as(SetupOptions).setup_file is None
+    with pytest.raises(RunnerOptionsError, match="--setup_file /no/setup.py does not exist"):
+        prepare_dataflow_options(PipelineOptions(base + ["--setup_file", "/no/setup.py"]))

@@ -136,6 +136,8 @@ def test_gs_run_with_two_worker_processes(gcs, gs_demo, demo_model, demo_data, t
     assert {os.path.basename(f["path"]): f["bytes"] for f in manifest["inputs"]} == sizes
     assert all(f["path"].startswith("gs://bp-data/in/") for f in manifest["inputs"])
     assert manifest["model"]["version"] == "1700000000"
+    assert manifest["model"]["loads"]["processes"] == len(loads)
+    assert manifest["model"]["loads"]["stage_seconds_max"] == max(r["stage_seconds"] for r in loads)
     assert manifest["counts"] == {"records_in": 1500, "predicted": 1500, "errors": 0,
                                   "accounted": True, "exact": True}
     assert set(manifest["outputs"]) == set(names) - {"manifest.json", "_SUCCESS"}

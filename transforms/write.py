@@ -202,7 +202,22 @@ def remove_staging_dir(staging: str) -> None:
         _LOG.warning("finalize: could not remove staging dir %s: %s", staging, e)
 
 
-def build_manifest(summary: dict, outputs: list[str]) -> dict:
+def model_load_stats(paths: list[str]) -> dict:
+    """How many worker processes staged and loaded the model, and how long that took (the
+    rows of metrics/model_loads-*.jsonl, summarised for the manifest)."""
+    rows = []
+    for path in paths:
+        with FileSystems.open(path) as fh:
+            rows += [orjson.loads(line) for line in fh.read().splitlines() if line.strip()]
+    stage = [r["stage_seconds"] for r in rows]
+    load = [r["load_seconds"] for r in rows]
+    return {"processes": len(rows),
+            "stage_seconds_max": max(stage, default=None),
+            "stage_seconds_total": round(sum(stage), 3),
+            "load_seconds_max": max(load, default=None)}
+
+
+def build_manifest(summary: dict, outputs: list[str], model_loads: dict | None = None) -> dict:
     """manifest.json: what a consumer of the output needs to trust it, from the summary.
 
     Written after every other file and just before _SUCCESS. Provenance beyond the summary's
@@ -215,7 +230,8 @@ def build_manifest(summary: dict, outputs: list[str]) -> dict:
         "job": labels.get("job"), "labels": labels,
         "code_version": summary.get("code_version"),
         "model": {"path": summary["model"], "version_path": summary["model_path"],
-                  "version": summary["model_version"], "signature": summary["signature"]},
+                  "version": summary["model_version"], "signature": summary["signature"],
+                  "loads": model_loads},
         "inputs": summary.get("input_file_list") or [],
         "input_files": summary["input_files"], "input_bytes": summary["input_bytes"],
         "counts": {"records_in": summary["records_in"], "predicted": summary["predicted"],
@@ -259,7 +275,9 @@ class FinalizeDoFn(beam.DoFn):
             FileSystems.mkdirs(parent) if not FileSystems.exists(parent) else None
         FileSystems.rename(staged, targets)
         remove_staging_dir(self._staging)
-        manifest = build_manifest(summary, [t[len(self._output_dir) + 1:] for t in targets])
+        loads = model_load_stats([t for t in targets if "/metrics/model_loads-" in t])
+        manifest = build_manifest(summary, [t[len(self._output_dir) + 1:] for t in targets],
+                                  loads)
         with FileSystems.create(_join(self._output_dir, MANIFEST)) as fh:
             fh.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
         if summary["within_error_budget"]:
