@@ -12,7 +12,7 @@ The environment variables are set in `os.environ`, so subprocess workers (Direct
 multi_processing, `python -m jobs ...`) inherit them. `gcs_env()` gives them for explicit use.
 
 Use: `from tests.gcs_emulator import gcs  # noqa: F401` in a test module, then a `gcs` argument
-(session-scoped `GcsEmulator`).
+(a module-scoped `GcsEmulator`).
 """
 from __future__ import annotations
 
@@ -164,16 +164,10 @@ def _apply_to_loaded_google_auth(host: str, no_gce_check: bool) -> tuple | None:
     return previous
 
 
-class _Running:
-    """The process's one emulator. Test modules each import the `gcs` fixture, which makes
-    pytest instantiate it once per module namespace; they must all share one emulator (and one
-    set of environment variables), so the first starts it and the last stops it."""
-    emulator: GcsEmulator | None = None
-    users = 0
-    stop = None
-
-
-def _start() -> GcsEmulator:
+@pytest.fixture(scope="module")
+def gcs():
+    """A fresh, empty emulator (and metadata server) for the test module; the environment is
+    restored when the module's tests are done, so other modules never see it."""
     from gcp_storage_emulator.server import create_server
     metadata = MetadataServer()
     metadata.start()
@@ -184,8 +178,9 @@ def _start() -> GcsEmulator:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     previous = _apply_to_loaded_google_auth(env["GCE_METADATA_HOST"], False)
-
-    def stop():
+    try:
+        yield GcsEmulator(env["STORAGE_EMULATOR_HOST"], metadata, server)
+    finally:
         if previous is not None:
             _apply_to_loaded_google_auth(*previous)
         for k, v in saved.items():
@@ -195,23 +190,6 @@ def _start() -> GcsEmulator:
                 os.environ[k] = v
         server.stop()
         metadata.stop()
-
-    _Running.stop = stop
-    return GcsEmulator(env["STORAGE_EMULATOR_HOST"], metadata, server)
-
-
-@pytest.fixture(scope="session")
-def gcs():
-    if _Running.emulator is None:
-        _Running.emulator = _start()
-    _Running.users += 1
-    try:
-        yield _Running.emulator
-    finally:
-        _Running.users -= 1
-        if _Running.users == 0:
-            _Running.stop()
-            _Running.emulator = None
 
 
 def _is_loopback(address) -> bool:

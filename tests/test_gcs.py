@@ -124,6 +124,8 @@ def test_gs_run_with_two_worker_processes(gcs, gs_demo, demo_model, demo_data, t
     names = gcs.list(out)
     assert "_SUCCESS" in names and "manifest.json" in names
     assert not [n for n in names if n.startswith(".tmp-")]  # staging removed on GCS too
+    # the worker processes' credential lookups were answered by the loopback metadata server
+    assert "/computeMetadata/v1/instance/service-accounts/default/token" in gcs.metadata.requests
     _check_predictions(_jsonl(gcs, out, "predictions-"), demo_model, demo_data)
 
     loads = _jsonl(gcs, out, "metrics/model_loads-")
@@ -144,7 +146,9 @@ def test_gs_run_with_two_worker_processes(gcs, gs_demo, demo_model, demo_data, t
 
 
 def test_gs_csv_run_replaces_a_previous_output(gcs, loopback_only, gs_demo, demo_model,
-                                               demo_data, tmp_path):
+                                               demo_data, tmp_path, caplog):
+    for logger in ("google", "urllib3", "transforms"):  # the libraries that hold the token
+        caplog.set_level("DEBUG", logger=logger)
     out = "gs://bp-out/csv"
     gcs.upload_bytes(f"{out}/predictions-00000-of-00009.jsonl", b'{"old": 1}\n')
     gcs.upload_bytes(f"{out}/_SUCCESS", b"")
@@ -156,9 +160,8 @@ def test_gs_csv_run_replaces_a_previous_output(gcs, loopback_only, gs_demo, demo
     assert "predictions-00000-of-00009.jsonl" not in names  # the old run's file is gone
     assert "_SUCCESS" in names
     assert not [n for n in names if n.startswith(".tmp-")]
-    # Beam's credential lookup was answered by the loopback metadata server
-    assert "/computeMetadata/v1/instance/service-accounts/default/token" in gcs.metadata.requests
     _check_predictions(_jsonl(gcs, out, "predictions-"), demo_model, demo_data)
+    assert "emulated-token" not in caplog.text  # the access token is never logged
 
 
 def test_missing_output_bucket_fails_before_the_job_starts(gcs, gs_demo):
