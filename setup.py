@@ -1,9 +1,14 @@
 """Packaging for batch-predict.
 
 Why this file exists beyond `pip install -e .`: Dataflow workers install the job's code from the
-sdist this file builds (`--setup_file ./setup.py`). The versions pinned below must match the
-worker image (jobs/flex_template/Dockerfile uses the same pins), otherwise a SavedModel exported
-with one TensorFlow is loaded by another, or Beam's worker harness differs from the launcher's.
+sdist this file builds (`--setup_file ./setup.py`, the default for DataflowRunner runs from a
+checkout). The versions pinned below must match the worker image, otherwise a SavedModel
+exported with one TensorFlow is loaded by another, or Beam's worker harness differs from the
+launcher's:
+- plain DataflowRunner runs use Dataflow's image for the launcher's Python and Beam,
+  gcr.io/cloud-dataflow/v1beta3/beam_python3.11_sdk:2.77.0, and pip-install these pins on it;
+- flex template runs use jobs/flex_template/Dockerfile (launcher = worker image), which installs
+  requirements.lock, the same pins.
 The full transitive pin set for local runs and CI is `requirements.lock` (pip -c).
 """
 from setuptools import find_packages, setup

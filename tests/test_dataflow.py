@@ -60,6 +60,21 @@ def test_job_options_are_as_given(dataflow_job):
     assert job["labels"] == {"job": "nightly-scores", "run_date": "2026-03-01"}
 
 
+def test_workers_run_the_beam_image_that_setup_py_pins(dataflow_job):
+    """The documented worker image: Dataflow's Beam image for this Python and the Beam version
+    pinned in setup.py (which the sdist then installs on it)."""
+    import re
+    import sys
+
+    import apache_beam
+    pinned = re.search(r'"apache-beam\[gcp\]==([^"]+)"', open(repo_setup_file()).read())[1]
+    assert apache_beam.__version__ == pinned
+    pool = dataflow_job["job"]["environment"]["workerPools"][0]
+    assert pool["sdkHarnessContainerImages"][0]["containerImage"] == (
+        f"gcr.io/cloud-dataflow/v1beta3/beam_python{sys.version_info.major}."
+        f"{sys.version_info.minor}_sdk:{pinned}")
+
+
 def test_staged_sdist_holds_the_packages(dataflow_job):
     gcs = dataflow_job["gcs"]
     staged = gcs.list("gs://bp-df/staging")

@@ -280,3 +280,22 @@ def test_airflow_dag_source_compiles(capsys):
     assert "python -m jobs launch /opt/airflow/specs/nightly_scores.yaml --date {{ ds }}" \
         in source
     assert "schedule='30 2 * * *'" in source
+
+
+def test_flex_image_versions_match_setup_py():
+    """Dockerfile (launcher = worker image) pins == setup.py pins == requirements.lock."""
+    import re
+    setup_src = open(os.path.join(REPO, "setup.py")).read()
+    required = re.findall(r'"([A-Za-z0-9_.\-]+)(?:\[[a-z,]+\])?==([^"]+)"',
+                          setup_src.split("TEST = [")[0])
+    lock = dict(line.strip().split("==") for line in
+                open(os.path.join(REPO, "requirements.lock")) if "==" in line)
+    lock = {k.lower().replace("_", "-"): v for k, v in lock.items()}
+    for name, version in required:
+        assert lock[name.lower().replace("_", "-")] == version, name
+    dockerfile = open(os.path.join(REPO, "jobs", "flex_template", "Dockerfile")).read()
+    beam = dict(required)["apache-beam"]
+    assert f"ARG BEAM_VERSION={beam}" in dockerfile
+    assert f"ARG PYTHON_VERSION={sys.version_info.major}.{sys.version_info.minor}" in dockerfile
+    assert "pip install --no-cache-dir -r requirements.lock" in dockerfile
+    assert 'FLEX_TEMPLATE_PYTHON_PY_FILE="${WORKDIR}/jobs/flex_template/main.py"' in dockerfile
