@@ -168,3 +168,16 @@ def test_missing_output_bucket_fails_before_the_job_starts(gcs, gs_demo):
     from transforms.write import OutputError
     with pytest.raises(OutputError, match="output bucket gs://bp-nowhere does not exist"):
         run_job(gs_demo["model"], f"{gs_demo['data']}/part-*.csv", "gs://bp-nowhere/out")
+
+
+def test_no_credentials_is_one_clear_error(monkeypatch, tmp_path, loopback_only):
+    """Outside the emulator and without any Google credentials, staging says what to do."""
+    import google.auth.compute_engine._metadata as metadata
+    for var in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "GCE_METADATA_HOST",
+                "GCE_METADATA_IP", "GOOGLE_CLOUD_PROJECT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no gcloud credentials either
+    monkeypatch.setattr(metadata, "_NO_GCE_CHECK", True)  # and not on GCE
+    with pytest.raises(StagingError, match="no Google credentials to read the model from GCS: "
+                                           "run `gcloud auth application-default login`"):
+        stage_model("gs://bp-models/demo/1700000000", str(tmp_path / "cache"))

@@ -121,7 +121,7 @@ def _make_client():
     import google.auth.exceptions
     from google.cloud import storage
     try:
-        return storage.Client()
+        return storage.Client(project=None)  # reads need no project: don't require one
     except google.auth.exceptions.DefaultCredentialsError as e:
         raise StagingError(
             "no Google credentials to read the model from GCS: run `gcloud auth "
