@@ -107,6 +107,10 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None) -> JobPlan:
     if opts.key_field is not None and opts.key_field in model.output_names:
         raise InputError(f"--key_field {opts.key_field!r} is also a model output name; "
                          "choose another key")
+    clash = sorted({"shard", "index"} & set(model.output_names))
+    if opts.key_field is None and clash:
+        raise InputError(f"the model has outputs named {clash}, which rows without a key use "
+                         "for their source; pass --key_field to identify rows instead")
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime(start)) + "-" + \
         uuid.uuid4().hex[:8]
     config = ModelConfig(

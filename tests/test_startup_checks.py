@@ -253,3 +253,30 @@ def test_error_summary_keeps_the_reason_of_real_tensorflow_errors():
     assert "Detected at node" in info.value.message and "File \"" in info.value.message
     assert error_summary(info.value) == ("Name: <unknown>, Feature: a (data type: float) is "
                                          "required but could not be found.")
+
+
+def test_output_named_like_the_source_columns_needs_a_key(tmp_path):
+    """Rows without --key_field carry `shard` and `index`; a model output may not shadow them."""
+    import tensorflow as tf
+
+    from transforms.examples import encode_rows
+    from transforms.export import export_parsing_model
+    from transforms.feature_spec import Feature, FeatureSpec
+    spec = FeatureSpec([Feature("x", "fixed", "float32", ()), Feature("id", "fixed", "string",
+                                                                        (), ("",))])
+
+    class IndexOut(tf.Module):
+        def __call__(self, f):
+            return {"index": f["x"] * 2.0}
+    module = IndexOut()
+    export_parsing_model(module, spec, str(tmp_path / "model"), module=module)
+    data = str(tmp_path / "in.tfrecord")
+    with tf.io.TFRecordWriter(data) as w:
+        w.write(encode_rows([{"id": "a", "x": 1.0}], {"id": "string", "x": "float32"})[0])
+    msg = _run_fails(tmp_path, InputError, str(tmp_path / "model"), data)
+    assert "['index']" in msg and "--key_field" in msg
+    out = tmp_path / "keyed"
+    run(["--model", str(tmp_path / "model"), "--input", data, "--output", str(out),
+         "--key_field", "id"])
+    [row] = [json.loads(line) for line in open(next(out.glob("predictions-*.jsonl")))]
+    assert row == {"id": "a", "index": 2.0}
