@@ -16,6 +16,7 @@ Use: `from tests.gcs_emulator import gcs  # noqa: F401` in a test module, then a
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -197,9 +198,9 @@ def _is_loopback(address) -> bool:
     return isinstance(host, str) and (host.startswith("127.") or host in ("::1", "localhost"))
 
 
-@pytest.fixture
-def loopback_only(monkeypatch):
-    """Fail any connection this process opens to an address other than loopback.
+@contextlib.contextmanager
+def deny_off_loopback():
+    """Refuse (and record) every connection this process opens to a non-loopback address.
 
     (Worker subprocesses are not covered; they only get loopback endpoints from the env.)"""
     attempts = []
@@ -211,6 +212,15 @@ def loopback_only(monkeypatch):
             raise ConnectionRefusedError(f"test guard: no connections off loopback ({address})")
         return real_connect(sock, address)
 
-    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
-    yield attempts
+    socket.socket.connect = guarded_connect
+    try:
+        yield attempts
+    finally:
+        socket.socket.connect = real_connect
+
+
+@pytest.fixture
+def loopback_only():
+    with deny_off_loopback() as attempts:
+        yield attempts
     assert not attempts, f"tried to connect off loopback: {attempts}"

@@ -14,7 +14,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from pipeline.dataflow import RunnerOptionsError, prepare_dataflow_options, repo_setup_file
 from pipeline.run import main, run
-from tests.gcs_emulator import gcs  # noqa: F401  (fixture)
+from tests.gcs_emulator import deny_off_loopback, gcs  # noqa: F401  (fixture)
 
 EXPECTED_STEPS = ["Read", "ParseWithSpec", "Predict", "WritePredictions", "WriteErrors",
                   "WriteMetrics", "Finalize"]
@@ -35,7 +35,9 @@ def dataflow_job(gcs, demo_model_base, demo_data, tmp_path_factory):
             "--model", "gs://bp-df/model", "--input", "gs://bp-df/in/part-*.tfrecord",
             "--output", "gs://bp-df-out/scores", "--key_field", "id",
             "--labels", '{"job": "nightly-scores", "run_date": "2026-03-01"}']
-    result, plan = run(argv)
+    with deny_off_loopback() as attempts:
+        result, plan = run(argv)
+    assert not attempts, f"building the Dataflow job tried to leave loopback: {attempts}"
     with open(job_file) as fh:
         job = json.load(fh)
     return {"job": job, "plan": plan, "gcs": gcs}
