@@ -22,7 +22,7 @@ from jobs.spec import (SpecError, from_dict, load_spec, pipeline_argv, pipeline_
 from jobs.template_metadata import render_metadata
 from pipeline.options import BatchPredictOptions
 from pipeline.provenance import parse_labels
-from tests.gcs_emulator import loopback_only  # noqa: F401  (fixture)
+from tests.gcs_emulator import deny_off_loopback, gcs, loopback_only  # noqa: F401
 from tests.helpers import assert_close, by_key, expected_outputs, predictions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -299,3 +299,35 @@ def test_flex_image_versions_match_setup_py():
     assert f"ARG PYTHON_VERSION={sys.version_info.major}.{sys.version_info.minor}" in dockerfile
     assert "pip install --no-cache-dir -r requirements.lock" in dockerfile
     assert 'FLEX_TEMPLATE_PYTHON_PY_FILE="${WORKDIR}/jobs/flex_template/main.py"' in dockerfile
+
+
+def test_run_on_dataflow_builds_the_job_from_the_spec(gcs, demo_model_base, dated_inputs,
+                                                      tmp_path):
+    """`jobs run` with runner DataflowRunner: the real DataflowRunner builds the job offline
+    (template file; staging on the GCS emulator) with the spec's rendered options."""
+    gcs.upload_dir(demo_model_base, "gs://bp-jobs/model")
+    gcs.upload_dir(os.path.join(dated_inputs["root"], "dt=2026-03-01"),
+                   "gs://bp-jobs/events/dt=2026-02-28")
+    gcs.create_bucket("bp-jobs-out")
+    doc = _example_doc()
+    del doc["runner"]["options"]["service_account_email"]
+    doc.update({"model": "gs://bp-jobs/model",
+                "input": "gs://bp-jobs/events/dt={date-1d}/part-*.tfrecord",
+                "output": "gs://bp-jobs-out/scores/dt={date-1d}"})
+    job_file = tmp_path / "job.json"
+    doc["runner"]["options"].update({"temp_location": "gs://bp-jobs/tmp",
+                                     "staging_location": "gs://bp-jobs/staging",
+                                     "template_location": str(job_file)})
+    path = tmp_path / "dataflow.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with deny_off_loopback() as attempts:
+        assert jobs_main(["run", str(path), "--date", "2026-03-01"]) == 0
+    assert not attempts
+    job = json.loads(job_file.read_text())
+    options = job["environment"]["sdkPipelineOptions"]["options"]
+    assert options["input"] == "gs://bp-jobs/events/dt=2026-02-28/part-*.tfrecord"
+    assert options["output"] == "gs://bp-jobs-out/scores/dt=2026-02-28"
+    assert options["overwrite"] is True and options["max_error_rate"] == 0.01
+    assert job["name"] == "nightly-scores-20260301"
+    assert job["labels"] == {"job": "nightly-scores", "run_date": "2026-03-01"}
+    assert job["environment"]["workerPools"][0]["autoscalingSettings"]["maxNumWorkers"] == 20
