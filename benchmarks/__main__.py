@@ -70,6 +70,8 @@ def parse_args(argv):
                                                       "batch-predict-bench-data"))
     p.add_argument("--work_dir", default=None, help="default: a new temp dir")
     p.add_argument("--keep_outputs", action="store_true")
+    p.add_argument("--from_results", default=None,
+                   help="re-render the report of an earlier run from its results.json")
     p.add_argument("--code", default="HEAD",
                    help="git revision whose pipeline/ and transforms/ are measured (exported "
                         "to WORK_DIR/code, so edits made meanwhile do not leak in); "
@@ -182,7 +184,7 @@ class Bench:
                     rec = {"round": rnd, "model": m, "format": f, "rows": rows,
                            "pipeline": {}, "peer": {}}
                     log(f"round {rnd + 1}/{a.repeats} {m} {f} ({rows} rows): TF alone")
-                    rec["tf"] = self.tf_alone(self.model(m), pats[f], f)
+                    before = self.tf_alone(self.model(m), pats[f], f)
                     for of in a.output_formats:
                         log(f"  pipeline -> {of}")
                         rec["pipeline"][of] = self.pipeline(self.model(m), pats[f], of)
@@ -190,6 +192,15 @@ class Bench:
                         for of in a.peer_output_formats:
                             log(f"  RunInference peer -> {of}")
                             rec["peer"][of] = self.peer(self.model(m), pats[f], f, of)
+                    log("  TF alone again")
+                    after = self.tf_alone(self.model(m), pats[f], f)
+                    # the reference brackets the other runs: mean of before and after, so a
+                    # load change on the machine during the round moves both sides
+                    rec["tf"] = dict(after, steady_eps=(before["steady_eps"] +
+                                                        after["steady_eps"]) / 2,
+                                     cpu_us_per_record=(before["cpu_us_per_record"] +
+                                                        after["cpu_us_per_record"]) / 2,
+                                     before=before, after=after)
                     self._check(rec)
                     self.results["main"].append(rec)
                     self.save()
@@ -247,7 +258,8 @@ class Bench:
 
     def save(self):
         with open(os.path.join(self.work, "results.json"), "w") as fh:
-            json.dump({"args": vars(self.args), "machine": machine(), **self.results}, fh,
+            json.dump({"args": vars(self.args), "machine": machine(),
+                       "date": time.strftime('%Y-%m-%d %H:%M %Z'), **self.results}, fh,
                       indent=1, default=str)
 
 
@@ -285,11 +297,12 @@ def _g(r, key):
     return None if r is None or "failed" in r else r.get(key)
 
 
-def report(bench: Bench, argv: list[str]) -> str:
+def report(bench: Bench, argv: list[str], m: dict | None = None, date: str | None = None
+           ) -> str:
     a = bench.args
     res = bench.results
-    m = machine()
-    out = [f"# batch-predict benchmarks — {time.strftime('%Y-%m-%d %H:%M %Z')}",
+    m = m or machine()
+    out = [f"# batch-predict benchmarks — {date or time.strftime('%Y-%m-%d %H:%M %Z')}",
            "",
            f"machine: {m.get('cpu', '?')}, {m['cpus']} cores, {m.get('mem_gb', '?')} GB; "
            f"Python {m['python']}, TensorFlow {m.get('tensorflow')}, Beam {m.get('apache_beam')}"
@@ -331,24 +344,54 @@ def main_tables(recs, a) -> list[str]:
                          span(peer) if any(peer) else "-",
                          pct_span(r_peer) if any(peer) else "-",
                          pct_span(vs_peer) if any(vs_peer) else "-",
+                         f"{fmt(med([_g(p, 'run_to_first_pred_s') for p in pipes]))} / "
+                         f"{fmt(med([_g(p, 'last_pred_to_end_s') for p in pipes]))}",
                          fmt(med([_g(p, "peak_rss_mb") for p in pipes])),
                          f"{pct(target)}: {'met' if ok and ok >= target else 'NOT met'}"
                          if target else "-"])
     header = ["model", "input", "output", "records", "(a) TF alone ex/s",
               "(b) pipeline ex/s e2e", "(b)/(a) e2e", "(b) ex/s steady", "(b)/(a) steady",
-              "(c) RunInference ex/s", "(c)/(a)", "(b)/(c) e2e", "pipeline RSS MB", "target"]
+              "(c) RunInference ex/s", "(c)/(a)", "(b)/(c) e2e", "(b) head / tail s",
+              "pipeline RSS MB", "target"]
     n = max(len(v) for v in groups.values())
     return ["## Throughput, ratios within each round",
             "",
             f"median (min–max) over {n} round(s); every ratio is computed within one round, "
             "then summarised. (a) = TF alone steady-state (after its first batch, model load "
-            "excluded, nothing written); (b) e2e = records / wall time of `pipeline.run.run()` "
+            "excluded, nothing written; the mean of one run before and one after (b) and (c) in "
+            "the same round); (b) e2e = records / wall time of `pipeline.run.run()` "
             "(plan + model load + graph + read/parse/predict/write + metrics + finalize; the "
-            "TF/Beam imports excluded); (b) steady = records / (end of run() − first "
-            "prediction); (c) = Beam RunInference peer, e2e like (b). The target column "
-            "compares (b)/(a) e2e with issue 4's target.",
+            "TF/Beam imports excluded); (b) steady = records after the first model call / "
+            "(end of run() − end of the first model call); (c) = Beam RunInference peer, e2e like (b). head = run() start → "
+            "first model call done; tail = last model call → run() returns (writes, "
+            "metrics, finalize). The target column compares (b)/(a) e2e with issue 4's "
+            "target.",
             "",
-            markdown_table(header, rows), ""]
+            markdown_table(header, rows), ""] + cpu_table(groups, a)
+
+
+def cpu_table(groups, a) -> list[str]:
+    rows = []
+    for (model, f), rs in groups.items():
+        tf = [x["tf"].get("cpu_us_per_record") for x in rs]
+        for of in a.output_formats:
+            pipe = [_g(x["pipeline"].get(of), "cpu_us_per_record") for x in rs]
+            peer = [_g(x["peer"].get(of), "cpu_us_per_record") for x in rs]
+            rows.append([model, f, of, span(tf), span(pipe),
+                         pct_span([t / p if t and p else None for t, p in zip(tf, pipe)]),
+                         span(peer) if any(peer) else "-",
+                         pct_span([t / p if t and p else None for t, p in zip(tf, peer)])
+                         if any(peer) else "-"])
+    if not any(r[3] != "-" for r in rows):
+        return []
+    return ["### CPU cost per record (less sensitive to other load on the machine)", "",
+            "user+system CPU µs per record over the measured span (TF alone: from model load; "
+            "(b)/(c): run()); efficiency = (a) CPU / (b or c) CPU, within one round. TF alone "
+            "spreads its work over both cores, the pipeline mostly runs one Python thread, so "
+            "efficiency and throughput ratios differ.", "",
+            markdown_table(["model", "input", "output", "(a) TF alone CPU µs/rec",
+                            "(b) pipeline CPU µs/rec", "(a)/(b) efficiency",
+                            "(c) RunInference CPU µs/rec", "(a)/(c)"], rows), ""]
 
 
 def scaling_table(recs) -> list[str]:
@@ -364,8 +407,9 @@ def scaling_table(recs) -> list[str]:
         us = [x["run_s"] / n * 1e6 for x in rs]
         st = [1e6 / x["steady_eps"] for x in rs if x.get("steady_eps")]
         rss = [x["peak_rss_mb"] for x in rs]
+        cpu = [x.get("cpu_us_per_record") for x in rs]
         rows.append([f"{n:,}", span([x["run_s"] for x in rs]), span(us),
-                     f"{100 * (med(us) / base_us - 1):+.0f}%", span(st), span(rss),
+                     f"{100 * (med(us) / base_us - 1):+.0f}%", span(cpu), span(st), span(rss),
                      f"{100 * (med(rss) / base_rss - 1):+.0f}%"])
     first, last = by[sizes[0]], by[sizes[-1]]
     marginal = None
@@ -373,7 +417,7 @@ def scaling_table(recs) -> list[str]:
         marginal = (med([x["run_s"] for x in last]) - med([x["run_s"] for x in first])) / \
             (sizes[-1] - sizes[0]) * 1e6
     out = ["## Scaling (small model, TFRecord -> jsonl)", "",
-           markdown_table(["records", "run() s", "µs/record e2e", "vs first",
+           markdown_table(["records", "run() s", "µs/record e2e", "vs first", "CPU µs/record",
                            "µs/record steady", "peak RSS MB", "vs first"], rows), ""]
     if marginal is not None:
         out += [f"marginal cost between {sizes[0]:,} and {sizes[-1]:,} records: "
@@ -434,9 +478,24 @@ def multiprocess_table(all_recs) -> list[str]:
     return out
 
 
+def rerender(path: str) -> int:
+    with open(path) as fh:
+        saved = json.load(fh)
+    args = argparse.Namespace(**saved["args"])
+    bench = Bench(args)
+    for k in bench.results:
+        bench.results[k] = saved.get(k, [])
+    argv = saved["args"].get("argv", [])
+    print(report(bench, argv, saved.get("machine"), saved.get("date")))
+    return 0
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.from_results:
+        return rerender(args.from_results)
+    args.argv = argv
     bench = Bench(args)
     log(f"work dir {args.work_dir}")
     if args.code != "worktree":

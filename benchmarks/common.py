@@ -105,6 +105,15 @@ def tail(path: str, lines: int = 30) -> str:
         return ""
 
 
+def cpu_seconds() -> float:
+    """User + system CPU of this process and its reaped children so far (load-robust cost:
+    other people's processes on the machine inflate wall time far more than CPU time)."""
+    import resource
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def write_result(path: str, result: dict) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:

@@ -60,9 +60,12 @@ def main(argv=None) -> int:
 
     predict.PredictDoFn._call = timed_call
 
+    from benchmarks.common import cpu_seconds
+    cpu0 = cpu_seconds()
     t_run = time.time()
     _, plan = prun.run(pargs)
     t_end = time.time()
+    cpu = cpu_seconds() - cpu0
     summary = prun.read_summary(plan.output_dir) or {}
     records = summary.get("predicted", 0)
     run_s = t_end - t_run
@@ -72,7 +75,8 @@ def main(argv=None) -> int:
         "errors": summary.get("errors"), "accounted": summary.get("accounted"),
         "tf_import_s": round(tf_import, 3), "beam_import_s": round(beam_import, 3),
         "imports_done_s": round(t_run - spawned, 3),
-        "run_s": round(run_s, 3),
+        "run_s": round(run_s, 3), "cpu_s": round(cpu, 3),
+        "cpu_us_per_record": cpu / records * 1e6 if records else None,
         "e2e_eps": records / run_s if run_s else None,
         "summary_eps": summary.get("examples_per_second"),
         "model_calls": summary.get("model_calls"),

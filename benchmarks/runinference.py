@@ -159,6 +159,8 @@ def main(argv=None) -> int:
     # the handler must come from the importable module, not __main__: dill pickles __main__
     # classes by value, and the copy would not share _FIRST with this process
     from benchmarks.runinference import _FIRST as first, build as build_
+    from benchmarks.common import cpu_seconds
+    cpu0 = cpu_seconds()
     t_run = time.time()
     p = beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(beam_args))
     written = build_(p, args.model, args.input, args.input_format, args.output,
@@ -166,6 +168,7 @@ def main(argv=None) -> int:
     _ = written
     p.run().wait_until_finish()
     t_end = time.time()
+    cpu = cpu_seconds() - cpu0
     records = 0
     for name in os.listdir(args.output):
         if name.startswith("predictions"):
@@ -173,6 +176,7 @@ def main(argv=None) -> int:
                 records += sum(1 for _ in fh)
     run_s = t_end - t_run
     out = {"kind": "runinference", "records": records, "run_s": round(run_s, 3),
+           "cpu_s": round(cpu, 3), "cpu_us_per_record": cpu / records * 1e6 if records else None,
            "tf_import_s": round(tf_import, 3),
            "e2e_eps": records / run_s if run_s else None}
     if first["t"] is not None:

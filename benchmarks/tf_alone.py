@@ -83,6 +83,8 @@ def csv_dataset(files: list[str], batch: int):
 def measure(model_dir: str, files: list[str], fmt: str, mode: str, batch: int) -> dict:
     import tensorflow as tf
     from pipeline.demo import demo_spec
+    from benchmarks.common import cpu_seconds
+    cpu0 = cpu_seconds()
     t_load = time.time()
     model = tf.saved_model.load(_resolve(model_dir))
     load_s = time.time() - t_load
@@ -113,9 +115,11 @@ def measure(model_dir: str, files: list[str], fmt: str, mode: str, batch: int) -
         if t_first is None:
             t_first, first_n = time.time(), n
     t_end = time.time()
+    cpu = cpu_seconds() - cpu0
     steady_n = n - first_n
     return {
-        "records": n, "calls": calls, "load_s": round(load_s, 3),
+        "records": n, "calls": calls, "load_s": round(load_s, 3), "cpu_s": round(cpu, 3),
+        "cpu_us_per_record": cpu / n * 1e6 if n else None,
         "e2e_s": round(t_end - t_load, 3),
         "e2e_eps": n / (t_end - t_load),
         # one batch only: no steady state to speak of, fall back to end to end
