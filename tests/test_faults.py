@@ -173,3 +173,36 @@ def test_model_error_on_some_records_spares_the_rest(tmp_path):
     assert [i for i, _ in got] == good
     assert_close([y for _, y in got], expected)
     assert (s["predicted"], s["errors"]) == (6, 2)
+
+
+class OutOfMemoryAbove64(PredictDoFn):
+    """The real model, behind an allocator that fails calls on more than 64 records (the
+    ResourceExhaustedError TensorFlow raises when a batch does not fit in memory)."""
+    calls: list = []
+
+    def _call(self, serialized):
+        import tensorflow as tf
+        type(self).calls.append(len(serialized))
+        if len(serialized) > 64:
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        return super()._call(serialized)
+
+
+def test_out_of_memory_backs_off_to_smaller_chunks(tmp_path, demo_model_base, demo_data):
+    from apache_beam.metrics.metric import MetricsFilter
+
+    from pipeline.run import run
+    out = str(tmp_path / "out")
+    OutOfMemoryAbove64.calls = []
+    result, _ = run(["--model", demo_model_base, "--input", demo_data["tfrecord"][0],
+                     "--output", out, "--key_field", "id", "--batch_size", "200"],
+                    predict_dofn=OutOfMemoryAbove64)
+    s = read_summary(out)
+    assert (s["predicted"], s["errors"]) == (500, 0)  # nothing lost to the failed calls
+    assert {r["id"] for r in predictions(out)} == {r["id"] for r in demo_data["rows"][:500]}
+    calls = OutOfMemoryAbove64.calls
+    assert calls[:3] == [200, 100, 50]  # the first chunk is split until it fits
+    assert max(calls[3:]) <= 100 and calls.count(200) == 1  # later chunks start smaller
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query(
+        MetricsFilter().with_namespace("batch_predict"))["counters"]}
+    assert counters["oom_backoffs"] == 2  # 200 -> 100 -> 50

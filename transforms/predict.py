@@ -8,6 +8,8 @@ held); `finish_bundle()` scores the rest. Every model call is timed with an inje
 When a call fails, the chunk is split in halves until the failing records are isolated: the
 others are still scored, and each failing record becomes an error row whose type is read from
 TensorFlow's message (missing feature, type or shape mismatch, not a tf.Example, model error).
+A call that runs out of memory (ResourceExhaustedError) is split the same way, and the DoFn
+keeps the smaller chunk size from then on (back-off instead of a failed job).
 """
 from __future__ import annotations
 
@@ -149,6 +151,8 @@ class PredictDoFn(beam.DoFn):
         self._latency = beam.metrics.Metrics.distribution(
             NAMESPACE, "model_call_latency_micro_secs")
         self._chunk_sizes = beam.metrics.Metrics.distribution(NAMESPACE, "chunk_size_records")
+        self._oom_backoffs = beam.metrics.Metrics.counter(NAMESPACE, "oom_backoffs")
+        self._chunk_limit = self._batch_size  # lowered for good when a call runs out of memory
         self._scored_since_log = 0
         self._last_log = time.monotonic()
 
@@ -179,8 +183,8 @@ class PredictDoFn(beam.DoFn):
         yield from self._report_load()
         self._buffer.append(batch)
         self._buffered += len(batch)
-        while self._buffered >= self._batch_size:
-            yield from self._score_chunk(self._take(self._batch_size))
+        while self._buffered >= self._chunk_limit:
+            yield from self._score_chunk(self._take(self._chunk_limit))
 
     def finish_bundle(self):
         outputs = []
@@ -291,6 +295,8 @@ class PredictDoFn(beam.DoFn):
                     errors.append((positions[0], classify_tf_error(message), message))
                 return
             half = len(positions) // 2
+            if isinstance(e, tf.errors.ResourceExhaustedError):
+                self._back_off(len(positions), half)
             self._score_range(chunk, positions[:half], results, errors)
             self._score_range(chunk, positions[half:], results, errors)
             return
@@ -300,6 +306,15 @@ class PredictDoFn(beam.DoFn):
                 raise ValueError(f"model output {name!r} has shape {value.shape} for a batch "
                                  f"of {n}; outputs need a leading batch dimension")
         results.append((positions, outputs, keys, elapsed_ns))
+
+    def _back_off(self, failed: int, limit: int):
+        """Out of memory on `failed` records: score at most `limit` per call from now on."""
+        if limit < self._chunk_limit:
+            self._chunk_limit = max(1, limit)
+            self._oom_backoffs.inc()
+            _LOG.warning("model call on %d records ran out of memory; process %d now scores "
+                         "at most %d records per call (--batch_size %d)", failed, os.getpid(),
+                         self._chunk_limit, self._batch_size)
 
     def _latency_rows(self, chunk: _Chunk, positions: np.ndarray, elapsed_ns: int):
         """One row per (model call, shard in it): the call's latency and the shard's share."""
