@@ -614,3 +614,15 @@ def assert_rows_match(rows_by_key: dict, keys: list, expected: dict[str, np.ndar
         for name, values in expected.items():
             assert name in row, (key, name, sorted(row))
             assert_value_matches(row[name], values[i], values.dtype, f"{key}.{name}", rtol)
+
+
+# the spec every Estimator-style export parses, as `describe` prints it (written by hand)
+ESTIMATOR_SPEC_JSON = {
+    "age": {"kind": "fixed", "dtype": "float32", "shape": [1]},
+    "clicks": {"kind": "varlen", "dtype": "int64"},
+    "country": {"kind": "fixed", "dtype": "string", "shape": [1], "default": [""]},
+    "dept_id": {"kind": "fixed", "dtype": "int64", "shape": [1], "default": [-1]},
+    "hours": {"kind": "fixed", "dtype": "float32", "shape": [1], "default": [40.0]},
+    "tags": {"kind": "varlen", "dtype": "string"},
+    "vec": {"kind": "fixed", "dtype": "float32", "shape": [3], "default": [0.0, 0.0, 0.0]},
+}

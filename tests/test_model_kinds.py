@@ -295,15 +295,7 @@ def test_describe_command_on_estimator_export_base(estimator_v1):
         "logit64": "float64[None]", "logits": "float32[None,1]",
         "probabilities": "float32[None,2]"}
     assert info["chosen_signature"] == "predict" and info["convention"] == "serialized"
-    assert info["feature_spec"] == {"features": {
-        "age": {"kind": "fixed", "dtype": "float32", "shape": [1]},
-        "clicks": {"kind": "varlen", "dtype": "int64"},
-        "country": {"kind": "fixed", "dtype": "string", "shape": [1], "default": [""]},
-        "dept_id": {"kind": "fixed", "dtype": "int64", "shape": [1], "default": [-1]},
-        "hours": {"kind": "fixed", "dtype": "float32", "shape": [1], "default": [40.0]},
-        "tags": {"kind": "varlen", "dtype": "string"},
-        "vec": {"kind": "fixed", "dtype": "float32", "shape": [3],
-                "default": [0.0, 0.0, 0.0]}}}
+    assert info["feature_spec"] == {"features": zoo.ESTIMATOR_SPEC_JSON}
 
 
 def test_describe_raw_signature_needing_a_spec_says_so(estimator_raw, keras_export):

@@ -9,16 +9,8 @@ from tests import model_zoo as zoo
 from transforms.feature_spec import Feature, FeatureSpec, FeatureSpecError
 
 pytest_plugins = ["tests.model_zoo"]
+EST_SPEC_JSON = zoo.ESTIMATOR_SPEC_JSON
 
-EST_SPEC_JSON = {
-    "age": {"kind": "fixed", "dtype": "float32", "shape": [1]},
-    "clicks": {"kind": "varlen", "dtype": "int64"},
-    "country": {"kind": "fixed", "dtype": "string", "shape": [1], "default": [""]},
-    "dept_id": {"kind": "fixed", "dtype": "int64", "shape": [1], "default": [-1]},
-    "hours": {"kind": "fixed", "dtype": "float32", "shape": [1], "default": [40.0]},
-    "tags": {"kind": "varlen", "dtype": "string"},
-    "vec": {"kind": "fixed", "dtype": "float32", "shape": [3], "default": [0.0, 0.0, 0.0]},
-}
 TF2_SPEC_JSON = {
     "hist": {"kind": "ragged", "dtype": "float32"},
     "ids": {"kind": "varlen", "dtype": "int64"},
