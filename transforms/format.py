@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
+import re
 
 import numpy as np
 import orjson
@@ -17,6 +19,7 @@ import orjson
 from transforms.predict import PredictionBatch
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
+_NEEDS_ESCAPE = re.compile(rb'[^\x20-\x7e]|["\\]')
 
 
 def _decode(value):
@@ -65,12 +68,38 @@ def row_columns(batch: PredictionBatch, key_field: str | None) -> list[tuple[str
     return cols + sorted(batch.outputs.items())
 
 
+def _plain_ascii(values: np.ndarray) -> list | None:
+    """The column's values as they are, when every one is bytes that JSON can quote verbatim
+    (printable ASCII without quote or backslash): ids, labels, country codes..."""
+    if values.dtype != object or values.ndim != 1 or not len(values):
+        return None
+    vals = values.tolist()
+    if all(type(v) is bytes for v in vals):
+        return None if _NEEDS_ESCAPE.search(b"".join(vals)) else vals
+    if all(type(v) is str for v in vals):  # e.g. CSV keys
+        joined = "\n".join(vals)
+        if joined.count("\n") != len(vals) - 1 or _NEEDS_ESCAPE.search(
+                joined.replace("\n", " ").encode("utf-8", "surrogatepass")):
+            return None
+        return joined.encode("ascii").split(b"\n")
+    return None
+
+
 def to_jsonl(batch: PredictionBatch, key_field: str | None) -> bytes:
-    cols = row_columns(batch, key_field)
-    names = [orjson.dumps(name) for name, _ in cols]
-    template = b"{" + b",".join(name + b":%b" for name in names) + b"}"
-    fragments = [json_fragments(values) for _, values in cols]
-    return b"\n".join(map(template.__mod__, zip(*fragments)))
+    """One JSON object per row, assembled column-wise: per column a stream of per-row fragments
+    and the constant text before it; rows are then one join over the zipped streams."""
+    streams, pending = [], b"{"
+    for name, values in row_columns(batch, key_field):
+        pending += orjson.dumps(name) + b":"
+        plain = _plain_ascii(values)
+        if plain is not None:  # the quotes go into the constant pieces
+            streams += [itertools.repeat(pending + b'"'), plain]
+            pending = b'",'
+        else:
+            streams += [itertools.repeat(pending), json_fragments(values)]
+            pending = b","
+    streams.append(itertools.repeat(pending[:-1] + b"}\n"))
+    return b"".join(itertools.chain.from_iterable(zip(*streams)))[:-1]
 
 
 def csv_header(key_field: str | None, output_names: list[str]) -> list[str]:
