@@ -309,6 +309,10 @@ def report(bench: Bench, argv: list[str], m: dict | None = None, date: str | Non
            f"; code measured: {a.commit if a.commit == 'worktree' else a.commit[:10]}",
            f"command: python -m benchmarks {' '.join(argv)}".rstrip(),
            ""]
+    if getattr(a, "quick", False):
+        out += ["**--quick**: sizes this small are dominated by fixed costs (start-up, graph, "
+                "finalize: ~2 s per run); the target columns are only meaningful for the full "
+                "run.", ""]
     if res["main"]:
         out += main_tables(res["main"], a)
     if res["scaling"]:

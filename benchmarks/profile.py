@@ -138,7 +138,7 @@ def analyze(path: str, rate: int) -> dict:
         ours = [f"{fn} ({f})" for fn, f in frames if f.startswith(("transforms/", "pipeline/"))]
         leaf = frames[-1] if frames else ("?", "")
         leaves[(stage, ours[-1] if ours else "-", f"{leaf[0]} ({leaf[1]})")] += count
-    others = {f"{k[0]} {k[1]}": v for k, v in per_thread.items() if k != main}
+    others = {f"thread {k[1]}": v for k, v in per_thread.items() if k != main}
     return {"rate": rate, "thread": main, "stages": stages, "leaves": leaves,
             "other_threads": others, "total": sum(stages.values())}
 
