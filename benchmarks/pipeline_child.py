@@ -29,6 +29,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--result", required=True)
     parser.add_argument("--spawned", type=float, default=None)
+    parser.add_argument("--prototype", default="",
+                        help="comma-separated benchmarks.prototypes variants to install")
+    parser.add_argument("--tf_intra", type=int, default=0,
+                        help="set TF intra-op threads right after importing TF (the pipeline's "
+                             "own --tf_intra_op_threads comes too late in-process: the "
+                             "launcher has already started TF's runtime)")
     parser.add_argument("pipeline_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     spawned = args.spawned or T_START
@@ -37,6 +43,8 @@ def main(argv=None) -> int:
     t = time.time()
     import tensorflow  # noqa: F401
     tf_import = time.time() - t
+    if args.tf_intra:
+        tensorflow.config.threading.set_intra_op_parallelism_threads(args.tf_intra)
     t = time.time()
     import apache_beam  # noqa: F401
     from pipeline import run as prun
@@ -62,8 +70,12 @@ def main(argv=None) -> int:
 
     from benchmarks.common import cpu_seconds
     cpu0 = cpu_seconds()
+    inject = {}
+    if args.prototype:
+        from benchmarks.prototypes import apply
+        inject = apply(args.prototype.split(","))
     t_run = time.time()
-    _, plan = prun.run(pargs)
+    _, plan = prun.run(pargs, **inject)
     t_end = time.time()
     cpu = cpu_seconds() - cpu0
     summary = prun.read_summary(plan.output_dir) or {}
