@@ -80,7 +80,8 @@ class BatchPredictOptions(PipelineOptions):
                  "under the system temp dir)")
         parser.add_argument(
             "--tf_intra_op_threads", type=int, default=0,
-            help="TensorFlow intra-op threads per worker process (0 = TensorFlow's default)")
+            help="TensorFlow intra-op threads per worker process (0 = TensorFlow's default; "
+                 "with --direct_running_mode=multi_processing, cores / --direct_num_workers)")
         parser.add_argument(
             "--tf_inter_op_threads", type=int, default=0,
             help="TensorFlow inter-op threads per worker process (0 = TensorFlow's default)")

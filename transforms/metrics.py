@@ -95,8 +95,11 @@ def call_event(item):
 
 
 def predicted_events(batch):
-    shards, counts = np.unique(batch.shards.astype(str), return_counts=True)
-    out = [(str(s), ("predicted", int(c))) for s, c in zip(shards, counts)]
+    counts = batch.shard_counts
+    if counts is None:
+        shards, n = np.unique(batch.shards.astype(str), return_counts=True)
+        counts = [(str(s), int(c)) for s, c in zip(shards, n)]
+    out = [(shard, ("predicted", count)) for shard, count in counts]
     out.append((ALL, ("predicted", int(len(batch)))))
     return out
 

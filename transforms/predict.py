@@ -42,6 +42,7 @@ class PredictionBatch:
     indices: np.ndarray              # record index within the shard
     keys: np.ndarray | None          # the --key_field values, when asked for
     outputs: dict[str, np.ndarray]   # output name -> [n, ...] array
+    shard_counts: list[tuple[str, int]] | None = None  # rows per shard, when known
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -100,12 +101,23 @@ class _Chunk:
     def __init__(self, parts: list[RecordBatch]):
         self.serialized = np.concatenate([p.serialized for p in parts])
         self.indices = np.concatenate([p.indices for p in parts])
-        self.shards = np.concatenate([np.full(len(p), p.shard, dtype=object) for p in parts])
+        # shards as small integers: counting rows per shard is a bincount, not a sort of strings
+        self.shard_names: list[str] = []
+        number: dict[str, int] = {}
+        for p in parts:
+            if p.shard not in number:
+                number[p.shard] = len(self.shard_names)
+                self.shard_names.append(p.shard)
+        self.shard_ids = np.repeat([number[p.shard] for p in parts], [len(p) for p in parts])
+        self.shards = np.array(self.shard_names, dtype=object)[self.shard_ids]
         self.keys = (np.concatenate([p.keys for p in parts])
                      if all(p.keys is not None for p in parts) else None)
         self.lines = (np.concatenate([p.lines for p in parts])
                       if all(p.lines is not None for p in parts) else None)
-        self.segments = [(p.shard, len(p)) for p in parts]
+
+    def shard_counts(self, positions: np.ndarray) -> list[tuple[str, int]]:
+        counts = np.bincount(self.shard_ids[positions], minlength=len(self.shard_names))
+        return [(name, int(c)) for name, c in zip(self.shard_names, counts) if c]
 
 
 def _split(batch: RecordBatch, n: int) -> tuple[RecordBatch, RecordBatch]:
@@ -277,7 +289,8 @@ class PredictDoFn(beam.DoFn):
         self._predicted.inc(n)
         self._scored_since_log += n
         self._log_progress()
-        yield PredictionBatch(chunk.shards[positions], chunk.indices[positions], keys, outputs)
+        yield PredictionBatch(chunk.shards[positions], chunk.indices[positions], keys, outputs,
+                              chunk.shard_counts(positions))
 
     def _score_range(self, chunk: _Chunk, positions: np.ndarray, results: list, errors: list):
         import tensorflow as tf
@@ -324,9 +337,8 @@ class PredictDoFn(beam.DoFn):
         self._chunk_sizes.update(len(positions))
         n = len(positions)
         yield beam.pvalue.TaggedOutput("latency", (ALL, (micros, n, n)))
-        shards, counts = np.unique(chunk.shards[positions].astype(str), return_counts=True)
-        for shard, count in zip(shards, counts):
-            yield beam.pvalue.TaggedOutput("latency", (str(shard), (micros, int(count), n)))
+        for shard, count in chunk.shard_counts(positions):
+            yield beam.pvalue.TaggedOutput("latency", (shard, (micros, count, n)))
 
     def _log_progress(self):
         now = time.monotonic()

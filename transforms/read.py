@@ -318,7 +318,7 @@ class ReadRecordBatches(beam.PTransform):
 
     def expand(self, pbegin):
         return (pbegin
-                | "ListShards" >> beam.Create(self._files)
+                | "ListShards" >> beam.Create(self._files, reshuffle=False)
                 | "SpreadShards" >> beam.Reshuffle()
                 | "ReadShards" >> beam.ParDo(ReadShardDoFn(self._format, self._batch_size))
                 .with_outputs("errors", "shard_stats", main="batches"))
