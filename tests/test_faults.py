@@ -201,8 +201,10 @@ def test_out_of_memory_backs_off_to_smaller_chunks(tmp_path, demo_model_base, de
     assert (s["predicted"], s["errors"]) == (500, 0)  # nothing lost to the failed calls
     assert {r["id"] for r in predictions(out)} == {r["id"] for r in demo_data["rows"][:500]}
     calls = OutOfMemoryAbove64.calls
-    assert calls[:3] == [200, 100, 50]  # the first chunk is split until it fits
-    assert max(calls[3:]) <= 100 and calls.count(200) == 1  # later chunks start smaller
+    # the first chunk is split until it fits; besides the chunk already in the model thread
+    # when the first call failed, no later call is full size
+    assert calls[0] == 200 and calls.count(200) <= 2 and 50 in calls
+    assert all(c <= 100 for c in calls if c != 200)
     counters = {c.key.metric.name: c.committed for c in result.metrics().query(
         MetricsFilter().with_namespace("batch_predict"))["counters"]}
     assert counters["oom_backoffs"] == 2  # 200 -> 100 -> 50

@@ -2,8 +2,10 @@
 
 `setup()` loads the model through `beam.utils.shared.Shared`, so every DoFn instance (thread)
 of a worker process uses the same copy. `process()` buffers the incoming record batches and
-scores full chunks as soon as they are available (so at most one chunk of unscored records is
-held); `finish_bundle()` scores the rest. Every model call is timed with an injectable clock.
+starts a model call as soon as a full chunk is available, in a model thread, then finishes the
+previous chunk (error isolation, metrics, outputs) while that call runs: at most one chunk is
+in the model and less than one chunk waits in the buffer. `finish_bundle()` scores the rest.
+Every model call is timed with an injectable clock.
 
 When a call fails, the chunk is split in halves until the failing records are isolated: the
 others are still scored, and each failing record becomes an error row whose type is read from
@@ -19,6 +21,7 @@ import os
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import apache_beam as beam
@@ -164,6 +167,9 @@ class PredictDoFn(beam.DoFn):
             NAMESPACE, "model_call_latency_micro_secs")
         self._chunk_sizes = beam.metrics.Metrics.distribution(NAMESPACE, "chunk_size_records")
         self._oom_backoffs = beam.metrics.Metrics.counter(NAMESPACE, "oom_backoffs")
+        # the model runs in its own thread (TensorFlow releases the GIL), so chunk k is scored
+        # while this thread formats and writes chunk k-1 and reads the next records
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-call")
         self._chunk_limit = self._batch_size  # lowered for good when a call runs out of memory
         self._scored_since_log = 0
         self._last_log = time.monotonic()
@@ -186,9 +192,14 @@ class PredictDoFn(beam.DoFn):
             return dense, count > 0
         return parse_keys
 
+    def teardown(self):
+        if getattr(self, "_model_thread", None) is not None:
+            self._model_thread.shutdown(wait=True)
+
     def start_bundle(self):
         self._buffer: list[RecordBatch] = []
         self._buffered = 0
+        self._inflight: tuple | None = None  # (chunk, future) being scored
 
     # -- processing --------------------------------------------------------------------------
     def process(self, batch: RecordBatch):
@@ -196,12 +207,13 @@ class PredictDoFn(beam.DoFn):
         self._buffer.append(batch)
         self._buffered += len(batch)
         while self._buffered >= self._chunk_limit:
-            yield from self._score_chunk(self._take(self._chunk_limit))
+            yield from self._submit(self._take(self._chunk_limit))
 
     def finish_bundle(self):
         outputs = []
         if self._buffered:
-            outputs = list(self._score_chunk(self._take(self._buffered)))
+            outputs += list(self._submit(self._take(self._buffered)))
+        outputs += list(self._drain())
         for out in outputs:
             if isinstance(out, beam.pvalue.TaggedOutput):
                 yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
@@ -238,6 +250,27 @@ class PredictDoFn(beam.DoFn):
         self._buffered -= n
         return _Chunk(parts)
 
+    def _submit(self, chunk: _Chunk):
+        """Start the model call on `chunk`, then finish the previous chunk while it runs."""
+        previous = self._inflight
+        self._inflight = (chunk, self._model_thread.submit(self._call, chunk.serialized))
+        if previous is not None:
+            yield from self._finish(*previous)
+
+    def _drain(self):
+        if self._inflight is not None:
+            chunk, future = self._inflight
+            self._inflight = None
+            yield from self._finish(chunk, future)
+
+    def _finish(self, chunk: _Chunk, future):
+        import tensorflow as tf
+        try:
+            attempt = future.result()
+        except (tf.errors.OpError, UnicodeDecodeError) as e:  # handled like a failed call
+            attempt = e
+        yield from self._score_chunk(chunk, attempt)
+
     def _call(self, serialized: np.ndarray):
         """One timed model call (plus key parsing); raises on failure."""
         start = self._clock()
@@ -249,11 +282,12 @@ class PredictDoFn(beam.DoFn):
             keys = (values.numpy()[:, 0], has_key.numpy())
         return outputs, keys, elapsed_ns
 
-    def _score_chunk(self, chunk: _Chunk):
+    def _score_chunk(self, chunk: _Chunk, attempt=None):
+        """Outputs of a chunk; `attempt` is the result (or error) of its first call, if made."""
         good = np.ones(len(chunk.indices), dtype=bool)
         results = []  # (positions, outputs, keys, elapsed_ns) per successful call
         errors = []
-        self._score_range(chunk, np.arange(len(chunk.indices)), results, errors)
+        self._score_range(chunk, np.arange(len(chunk.indices)), results, errors, attempt)
         for pos, etype, message in errors:
             good[pos] = False
             line = None if chunk.lines is None else chunk.lines[pos]
@@ -292,10 +326,15 @@ class PredictDoFn(beam.DoFn):
         yield PredictionBatch(chunk.shards[positions], chunk.indices[positions], keys, outputs,
                               chunk.shard_counts(positions))
 
-    def _score_range(self, chunk: _Chunk, positions: np.ndarray, results: list, errors: list):
+    def _score_range(self, chunk: _Chunk, positions: np.ndarray, results: list, errors: list,
+                     attempt=None):
         import tensorflow as tf
         try:
-            outputs, keys, elapsed_ns = self._call(chunk.serialized[positions])
+            if attempt is None:
+                attempt = self._call(chunk.serialized[positions])
+            if isinstance(attempt, BaseException):
+                raise attempt
+            outputs, keys, elapsed_ns = attempt
         # a bad record (or the model) failed the call: isolate it. TensorFlow quotes the bad
         # bytes in its message; when they are not UTF-8 the error surfaces as a decode error
         except (tf.errors.OpError, UnicodeDecodeError) as e:
