@@ -8,7 +8,7 @@ Variants, injected into one pipeline child each (benchmarks.pipeline_child --pro
               reader/parser produce the next batches.
   fast_jsonl  `transforms.format.to_jsonl` replaced by `benchmarks.micro.fast_jsonl`
               (byte-identical output) before the graph is built.
-  1 TF thread TF intra-op threads set to 1 before TF starts (so the Python thread keeps a core).
+  tf1thread   TF intra-op threads set to 1 before TF starts (so the Python thread keeps a core).
 Each round runs baseline and every variant back to back; the table gives each variant's e2e
 examples/s as a ratio to the baseline of the same round (median, min–max).
 """
@@ -107,8 +107,8 @@ def apply(names: list[str]) -> dict:
 
 VARIANTS = {"baseline": [], "overlap": ["overlap"], "fast_jsonl": ["fast_jsonl"],
             "overlap+fast_jsonl": ["overlap", "fast_jsonl"],
-            "baseline, 1 TF thread": ["intra1"], "overlap+fast_jsonl, 1 TF thread":
-                ["overlap", "fast_jsonl", "intra1"]}
+            "baseline+tf1thread": ["intra1"],
+            "overlap+fast_jsonl+tf1thread": ["overlap", "fast_jsonl", "intra1"]}
 
 
 def main(argv=None) -> int:
@@ -135,6 +135,9 @@ def main(argv=None) -> int:
     pats = bdata.patterns(bdata.ensure_data(args.data_dir, args.rows))
     model = bdata.model_base(args.data_dir, args.model)
     variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     res: dict = {}
     n = 0
     for rnd in range(args.repeats):

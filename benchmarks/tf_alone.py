@@ -9,8 +9,8 @@ model call on the other core).
 
 CSV input: `TextLineDataset` per file (header skipped) -> `batch(4096)` -> `tf.io.decode_csv` in
 a parallel map (column defaults from the demo spec; a required column has no default) ->
-`predict_raw`. This is vectorised per batch, faster than `CsvDataset`/`make_csv_dataset`, which
-decode one record at a time.
+`predict_raw`. One vectorised decode per batch; `CsvDataset`/`make_csv_dataset` produce one
+record at a time before batching (chosen against on that ground, not measured).
 
 Nothing is written: this is read -> parse -> predict only. Reported: `steady_eps` (after the
 first batch: the number compared against), and `e2e_eps` (from `tf.saved_model.load` on).
