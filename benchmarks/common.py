@@ -19,7 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE_DIR = REPO
 
 
-def snapshot_code(dest: str, rev: str = "HEAD") -> str:
+def snapshot_code(dest: str, rev: str = "HEAD", activate: bool = True) -> str:
     """Export `rev`'s pipeline/ and transforms/ (plus the working tree's benchmarks/) to dest,
     and make every child import from there: other people edit the work tree while a
     benchmark runs, and numbers must belong to one commit. Returns the commit id."""
@@ -34,7 +34,8 @@ def snapshot_code(dest: str, rev: str = "HEAD") -> str:
     subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
     shutil.copytree(os.path.join(REPO, "benchmarks"), os.path.join(dest, "benchmarks"),
                     ignore=shutil.ignore_patterns("__pycache__", "*.md"))
-    CODE_DIR = dest
+    if activate:
+        CODE_DIR = dest
     return commit
 
 
@@ -42,11 +43,12 @@ class ChildFailed(RuntimeError):
     pass
 
 
-def child_env(extra: dict | None = None) -> dict:
+def child_env(extra: dict | None = None, code_dir: str | None = None) -> dict:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("NO_GCE_CHECK", "true")  # never probe the GCE metadata server
-    env["PYTHONPATH"] = CODE_DIR + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
+    code_dir = code_dir or CODE_DIR
+    env["PYTHONPATH"] = code_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
                                      else "")
     env.setdefault("PYTHONUNBUFFERED", "1")
     if extra:
@@ -56,7 +58,7 @@ def child_env(extra: dict | None = None) -> dict:
 
 def run_child(module: str, args: list[str], workdir: str, name: str,
               timeout: float = 3600.0, python: str | None = None,
-              wrapper: list[str] | None = None) -> dict:
+              wrapper: list[str] | None = None, code_dir: str | None = None) -> dict:
     """Run `python -m module args --result F --spawned T`; returns the child's JSON plus
     `peak_rss_mb`, `process_wall_s` and `log`. Raises ChildFailed with the log's tail."""
     os.makedirs(workdir, exist_ok=True)
@@ -72,8 +74,8 @@ def run_child(module: str, args: list[str], workdir: str, name: str,
     with open(log_path, "wb") as log:
         log.write((" ".join(cmd) + "\n").encode())
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=CODE_DIR,
-                                env=child_env())
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=code_dir or CODE_DIR, env=child_env(code_dir=code_dir))
         deadline = time.monotonic() + timeout
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)

@@ -1,7 +1,9 @@
 """End-to-end A/B of suggested changes, without touching transforms/ (others own it):
 `python -m benchmarks.prototypes [--rows N] [--repeats R] [--formats tfrecord,csv]`.
 
-Variants, injected into one pipeline child each (benchmarks.pipeline_child --prototype ...):
+A variant is `REV[:proto+proto]`: the pipeline/ and transforms/ of git revision REV (exported
+with git archive) plus prototypes injected into the pipeline child
+(benchmarks.pipeline_child --prototype ...):
   overlap     `OverlappedPredictDoFn` through `pipeline.run.run(predict_dofn=...)`: chunk k's
               model call runs on a 1-thread executor (TensorFlow releases the GIL) while the
               main thread emits chunk k-1's results downstream (format, write, metrics) and the
@@ -61,14 +63,14 @@ class OverlappedPredictDoFn(PredictDoFn):
         self._ready = (chunk, future)
         yield from self._score_chunk(chunk)
 
-    def _score_range(self, chunk, positions, results, errors):
+    def _score_range(self, chunk, positions, results, errors, *more):
         ready = self._ready
         if ready is not None and ready[0] is chunk and len(positions) == len(chunk.indices):
             self._ready = None
             try:
                 outputs, keys, elapsed_ns = ready[1].result()
             except Exception:  # let the base class isolate the bad records, synchronously
-                return super()._score_range(chunk, positions, results, errors)
+                return super()._score_range(chunk, positions, results, errors, *more)
             n = len(positions)
             for name, value in outputs.items():
                 if value.ndim == 0 or value.shape[0] != n:
@@ -76,7 +78,7 @@ class OverlappedPredictDoFn(PredictDoFn):
                                      f"batch of {n}; outputs need a leading batch dimension")
             results.append((positions, outputs, keys, elapsed_ns))
             return None
-        return super()._score_range(chunk, positions, results, errors)
+        return super()._score_range(chunk, positions, results, errors, *more)
 
     def finish_bundle(self):
         outputs = list(self._finish_pending()) if self._pending is not None else []
@@ -98,17 +100,22 @@ def apply(names: list[str]) -> dict:
             from benchmarks.micro import fast_jsonl
             from transforms import format as fmt
             fmt.to_jsonl = fast_jsonl
-        elif name == "intra1":
-            pass  # handled by the child's --tf_intra before TF starts
         elif name:
             raise SystemExit(f"unknown prototype {name!r}")
     return inject
 
 
-VARIANTS = {"baseline": [], "overlap": ["overlap"], "fast_jsonl": ["fast_jsonl"],
-            "overlap+fast_jsonl": ["overlap", "fast_jsonl"],
-            "baseline+tf1thread": ["intra1"],
-            "overlap+fast_jsonl+tf1thread": ["overlap", "fast_jsonl", "intra1"]}
+PROTOTYPES = ("overlap", "fast_jsonl", "tf1thread")
+
+
+def parse_variant(spec: str) -> tuple[str, list[str]]:
+    """'REV' or 'REV:proto+proto' (REV: a git revision; protos from PROTOTYPES)."""
+    rev, _, protos = spec.partition(":")
+    names = [x for x in protos.split("+") if x]
+    bad = [x for x in names if x not in PROTOTYPES]
+    if bad:
+        raise SystemExit(f"unknown prototypes {bad} in {spec!r}; choose from {PROTOTYPES}")
+    return rev or "HEAD", names
 
 
 def main(argv=None) -> int:
@@ -121,47 +128,50 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="small")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--formats", default="tfrecord,csv")
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default="HEAD,HEAD:fast_jsonl",
+                   help="comma-separated REV[:proto+proto]; the first is the baseline, e.g. "
+                        "282385a,282385a:overlap+fast_jsonl,HEAD,HEAD:fast_jsonl")
     p.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(),
                                                       "batch-predict-bench-data"))
     p.add_argument("--work_dir", default=None)
-    p.add_argument("--code", default="HEAD")
     args = p.parse_args(argv)
     work = args.work_dir or tempfile.mkdtemp(prefix="batch-predict-proto-")
-    commit = "worktree"
-    if args.code != "worktree":
-        commit = common.snapshot_code(os.path.join(work, "code"), args.code)[:10]
+    variants = [v for v in args.variants.split(",") if v]
+    parsed = {v: parse_variant(v) for v in variants}
+    code_dirs, commits = {}, {}
+    for rev in dict.fromkeys(r for r, _ in parsed.values()):
+        code_dirs[rev] = os.path.join(work, "code", rev.replace("/", "_"))
+        commits[rev] = common.snapshot_code(code_dirs[rev], rev, activate=False)[:10]
     bdata.ensure_model(args.data_dir, args.model)
     pats = bdata.patterns(bdata.ensure_data(args.data_dir, args.rows))
     model = bdata.model_base(args.data_dir, args.model)
-    variants = [v for v in args.variants.split(",") if v]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     res: dict = {}
     n = 0
     for rnd in range(args.repeats):
         for f in [x for x in args.formats.split(",") if x]:
             for v in variants:
+                rev, protos = parsed[v]
                 n += 1
                 out = os.path.join(work, "out", f"{n:03d}")
                 shutil.rmtree(out, ignore_errors=True)
                 print(f"[{time.strftime('%H:%M:%S')}] round {rnd + 1} {f} {v}", file=sys.stderr,
                       flush=True)
-                intra = ["--tf_intra", "1"] if "intra1" in VARIANTS[v] else []
+                intra = ["--tf_intra", "1"] if "tf1thread" in protos else []
                 r = run_child("benchmarks.pipeline_child",
-                              intra + ["--prototype", ",".join(VARIANTS[v]), "--", "--model",
-                                       model,
-                               "--input", pats[f], "--output", out, "--key_field", "id",
-                               "--output_format", "jsonl"],
-                              os.path.join(work, "logs"), f"{n:03d}-{f}-{v}")
+                              intra + ["--prototype", ",".join(x for x in protos
+                                                               if x != "tf1thread"),
+                                       "--", "--model", model, "--input", pats[f],
+                                       "--output", out, "--key_field", "id",
+                                       "--output_format", "jsonl"],
+                              os.path.join(work, "logs"), f"{n:03d}-{f}-{v.replace(':', '_')}",
+                              code_dir=code_dirs[rev])
                 shutil.rmtree(out, ignore_errors=True)
                 if r["records"] != args.rows:
                     print(f"WARNING: {v} scored {r['records']} of {args.rows}", file=sys.stderr)
                 res.setdefault((f, v), []).append(r)
     rows = []
     for (f, v), rs in res.items():
-        base = res[(f, "baseline")]
+        base = res[(f, variants[0])]
         e2e = [r["e2e_eps"] for r in rs]
         ratio = [r["e2e_eps"] / b["e2e_eps"] for r, b in zip(rs, base)]
         steady = [r.get("steady_eps") for r in rs]
@@ -170,8 +180,8 @@ def main(argv=None) -> int:
         cpu = [r.get("cpu_us_per_record") for r in rs]
         rows.append([f, v, span(e2e), pct_span(ratio), span(steady), pct_span(sratio),
                      span(cpu)])
-    print(f"## Prototypes, {args.model} model, {args.rows:,} records -> jsonl, commit {commit}, "
-          f"{args.repeats} round(s)\n")
+    print(f"## Variants, {args.model} model, {args.rows:,} records -> jsonl, {args.repeats} "
+          f"round(s); commits: " + ", ".join(f"{r} = {c}" for r, c in commits.items()) + "\n")
     print(markdown_table(["input", "variant", "ex/s e2e", "vs baseline", "ex/s steady",
                           "vs baseline", "CPU µs/rec"], rows))
     return 0
