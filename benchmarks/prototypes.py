@@ -50,8 +50,9 @@ class OverlappedPredictDoFn(PredictDoFn):
         yield from self._report_load()
         self._buffer.append(batch)
         self._buffered += len(batch)
-        while self._buffered >= self._chunk_limit:
-            chunk = self._take(self._chunk_limit)
+        limit = getattr(self, "_chunk_limit", self._batch_size)  # older PredictDoFns lack it
+        while self._buffered >= limit:
+            chunk = self._take(limit)
             future = self._pool.submit(self._call, chunk.serialized)
             if self._pending is not None:
                 yield from self._finish_pending()
