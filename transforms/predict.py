@@ -284,12 +284,10 @@ class PredictDoFn(beam.DoFn):
 
     def _score_chunk(self, chunk: _Chunk, attempt=None):
         """Outputs of a chunk; `attempt` is the result (or error) of its first call, if made."""
-        good = np.ones(len(chunk.indices), dtype=bool)
         results = []  # (positions, outputs, keys, elapsed_ns) per successful call
         errors = []
         self._score_range(chunk, np.arange(len(chunk.indices)), results, errors, attempt)
         for pos, etype, message in errors:
-            good[pos] = False
             line = None if chunk.lines is None else chunk.lines[pos]
             errors_row = error_row(chunk.shards[pos], chunk.indices[pos], etype, message,
                                    chunk.serialized[pos], line=line)
@@ -300,15 +298,20 @@ class PredictDoFn(beam.DoFn):
             yield from self._latency_rows(chunk, positions, elapsed_ns)
         if not results:
             return
-        positions = np.concatenate([r[0] for r in results])
-        order = np.argsort(positions, kind="stable")
-        positions = positions[order]
-        outputs = {name: np.concatenate([r[1][name] for r in results])[order]
-                   for name in results[0][1]}
+        if len(results) == 1:  # the usual case: one call scored the whole chunk
+            positions, outputs, parsed_keys, _ = results[0]
+        else:  # the pieces of a split chunk, back in record order
+            positions = np.concatenate([r[0] for r in results])
+            order = np.argsort(positions, kind="stable")
+            positions = positions[order]
+            outputs = {name: np.concatenate([r[1][name] for r in results])[order]
+                       for name in results[0][1]}
+            parsed_keys = None if self._key_parser is None else (
+                np.concatenate([r[2][0] for r in results])[order],
+                np.concatenate([r[2][1] for r in results])[order])
         keys = chunk.keys[positions] if chunk.keys is not None else None
         if self._key_parser is not None:
-            values = np.concatenate([r[2][0] for r in results])[order]
-            has_key = np.concatenate([r[2][1] for r in results])[order]
+            values, has_key = parsed_keys
             if not has_key.all():
                 for pos in positions[~has_key]:
                     yield beam.pvalue.TaggedOutput("errors", error_row(
