@@ -71,7 +71,7 @@ def peek_key_dtype(path: str, key: str) -> str:
     from transforms.read import iter_tfrecords, open_shard
     stream, _ = open_shard(path)
     try:
-        for item in iter_tfrecords(stream):
+        for item in iter_tfrecords(stream, chunk_bytes=64 << 10):  # one record is enough
             if item[0] != "ok":
                 continue
             try:

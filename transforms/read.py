@@ -91,7 +91,8 @@ _HEADER = struct.Struct("<QI")
 _CRC = struct.Struct("<I")
 
 
-def iter_tfrecord_batches(stream, max_records: int) -> Iterator[tuple]:
+def iter_tfrecord_batches(stream, max_records: int, chunk_bytes: int = _READ_CHUNK
+                          ) -> Iterator[tuple]:
     """Yield ("ok", payloads, indices) lists of up to max_records good records, and
     ("error", index, error_type, message, payload) where a frame is damaged.
 
@@ -112,7 +113,7 @@ def iter_tfrecord_batches(stream, max_records: int) -> Iterator[tuple]:
     try:
         while True:
             if len(buf) - pos < 12 and not eof:
-                chunk = read(_READ_CHUNK)
+                chunk = read(chunk_bytes)
                 eof = not chunk
                 buf, pos = buf[pos:] + chunk, 0
                 continue
@@ -146,7 +147,7 @@ def iter_tfrecord_batches(stream, max_records: int) -> Iterator[tuple]:
                            f"truncated last record (needs {length} bytes); {index} records "
                            "were read before it", buf[pos + 12:])
                     break
-                chunk = read(max(_READ_CHUNK, end + 4 - len(buf)))
+                chunk = read(max(chunk_bytes, end + 4 - len(buf)))
                 eof = not chunk
                 buf, pos = buf[pos:] + chunk, 0
                 continue
@@ -177,9 +178,9 @@ def iter_tfrecord_batches(stream, max_records: int) -> Iterator[tuple]:
         yield ("ok", payloads, indices)
 
 
-def iter_tfrecords(stream) -> Iterator[tuple]:
+def iter_tfrecords(stream, chunk_bytes: int = _READ_CHUNK) -> Iterator[tuple]:
     """Record by record: ("ok", index, payload) or ("error", index, type, message, payload)."""
-    for item in iter_tfrecord_batches(stream, 1 << 16):
+    for item in iter_tfrecord_batches(stream, 1 << 16, chunk_bytes):
         if item[0] == "ok":
             yield from (("ok", i, p) for i, p in zip(item[2], item[1]))
         else:
