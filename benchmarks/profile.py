@@ -32,6 +32,8 @@ from benchmarks.common import REPO, child_env, markdown_table
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?):(?P<line>\d+)\)$")
 
 # (stage, predicate on (func, file)) checked leaf -> root; first match wins
+_WAITS = ("Condition.wait", "Event.wait", "Thread._wait_for_tstate_lock", "Future.result",
+          "_worker", "SimpleQueue.get")
 LEAF_RULES = [
     ("read: TFRecord framing / CSV reader (transforms/read.py)",
      lambda fn, f: f.startswith("transforms/read.py")),
@@ -108,6 +110,9 @@ def classify(frames) -> str:
     for stage, rule in CONTEXT_RULES:
         if rule(frames):
             return stage
+    if frames and frames[-1][0].startswith(_WAITS) and any(
+            f.startswith("transforms/predict.py") for _, f in frames):
+        return "predict: main thread waits for the model-call thread"
     for fn, f in reversed(frames):
         for stage, rule in LEAF_RULES:
             if rule(fn, f):
@@ -139,8 +144,12 @@ def analyze(path: str, rate: int) -> dict:
         leaf = frames[-1] if frames else ("?", "")
         leaves[(stage, ours[-1] if ours else "-", f"{leaf[0]} ({leaf[1]})")] += count
     others = {f"thread {k[1]}": v for k, v in per_thread.items() if k != main}
+    model_busy = sum(count for key, frames, count in samples if key != main and any(
+        f.startswith("transforms/model.py") or (f.startswith("transforms/predict.py") and
+                                                "_call" in fn) for fn, f in frames)
+        and not (frames and frames[-1][0].startswith(_WAITS)))
     return {"rate": rate, "thread": main, "stages": stages, "leaves": leaves,
-            "other_threads": others, "total": sum(stages.values())}
+            "other_threads": others, "total": sum(stages.values()), "model_busy": model_busy}
 
 
 def render(result: dict, title: str = "", top: int = 25) -> str:
@@ -157,6 +166,8 @@ def render(result: dict, title: str = "", top: int = 25) -> str:
            f"busiest thread {result['thread'][1]}: {result['total']} samples "
            f"at {rate} Hz; '% of run' excludes the imports and the samples without Python frames (interpreter start and exit).", "",
            markdown_table(["stage", "seconds", "% of run"], rows), "",
+           f"model call on other threads (a PredictDoFn that overlaps it): "
+           f"{result.get('model_busy', 0) / rate:.2f} s", "",
            f"top {top} (stage, our innermost frame, leaf frame):", ""]
     leaf_rows = [[f"{n / rate:.2f}", s, ours, leaf[:90]]
                  for (s, ours, leaf), n in result["leaves"].most_common(top)]
