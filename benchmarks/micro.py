@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import glob
 import itertools
-import operator
 import os
 import re
 import statistics
