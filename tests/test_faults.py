@@ -114,8 +114,8 @@ def test_failed_overwrite_keeps_old_outputs_and_success_replaces_them(
 def test_killed_process_leaves_nothing_final(tmp_path, demo_model_base):
     data = tmp_path / "data"
     data.mkdir()
-    for s in range(4):
-        write_tfrecords(demo_rows(5000, seed=s, start_id=s * 5000),
+    for s in range(4):  # 80k records: over a second of work after the staging dir appears
+        write_tfrecords(demo_rows(20000, seed=s, start_id=s * 20000),
                         str(data / f"part-{s}.tfrecord"))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "pipeline", "--model", demo_model_base, "--input",
@@ -123,17 +123,17 @@ def test_killed_process_leaves_nothing_final(tmp_path, demo_model_base):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not glob.glob(str(out / ".tmp-*")) and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    assert proc.poll() is None, "the job finished before it could be killed"
+        time.sleep(0.02)
+    killed_while_running = proc.poll() is None and not (out / "_SUCCESS").exists()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert killed_while_running, "the job finished before it could be killed"
     assert _final_files(str(out)) == []
     rerun = subprocess.run(cmd, capture_output=True, text=True)
     assert rerun.returncode == EXIT_OK, rerun.stderr[-2000:]
     rows = predictions(str(out))
     keys = [(r["shard"], r["index"]) for r in rows]
-    assert len(keys) == len(set(keys)) == 20000
+    assert len(keys) == len(set(keys)) == 80000
 
 
 def test_model_error_on_some_records_spares_the_rest(tmp_path):
