@@ -128,14 +128,15 @@ def med(values):
     return statistics.median(values) if values else None
 
 
-def span(values) -> str:
-    """'median (min–max)' of a list, or the one value, with 3 significant figures."""
+def span(values, show=None) -> str:
+    """'median (min–max)' of a list, or the one value; `show` formats each (default fmt)."""
+    show = show or fmt
     values = [v for v in values if v is not None]
     if not values:
         return "-"
     if len(values) == 1:
-        return fmt(values[0])
-    return f"{fmt(statistics.median(values))} ({fmt(min(values))}–{fmt(max(values))})"
+        return show(values[0])
+    return f"{show(statistics.median(values))} ({show(min(values))}–{show(max(values))})"
 
 
 def fmt(v) -> str:
@@ -160,12 +161,7 @@ def pct(v) -> str:
 
 
 def pct_span(values) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return pct(values[0])
-    return f"{pct(statistics.median(values))} ({pct(min(values))}–{pct(max(values))})"
+    return span(values, pct)
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
