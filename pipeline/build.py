@@ -158,8 +158,10 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
                    predict_dofn: type[PredictDoFn] = PredictDoFn) -> None:
     """Wire the job; `clock` and `predict_dofn` are injection points for tests."""
     staging = plan.staging_dir
+    csv_columns = list(plan.model.spec) + ([plan.model.key_field]
+                                           if plan.model.key_field else [])
     read = p | "Read" >> ReadRecordBatches([f for f, _ in plan.files], plan.input_format,
-                                           plan.batch_size)
+                                           plan.batch_size, columns=csv_columns)
     parsed = read.batches | "ParseWithSpec" >> beam.ParDo(
         ParseWithSpecDoFn(plan.model.spec, plan.model.key_field, plan.list_separator)
     ).with_outputs("errors", main="records")

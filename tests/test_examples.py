@@ -4,7 +4,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms import examples
 from transforms.examples import FeatureColumn, encode_examples
 
 _VALUES = {
@@ -68,13 +67,16 @@ def test_encoding_parses_to_the_same_example_as_tensorflows(data):
         assert tf.train.Example.FromString(got) == want
 
 
-def test_long_strings_take_the_row_by_row_path(monkeypatch):
+def test_long_and_short_strings_together():
+    """Rows are not padded to the longest value: a 5 MB string beside short ones is fine."""
     import tensorflow as tf
-    monkeypatch.setattr(examples, "_MAX_PADDED_BYTES", 1000)
-    values = np.array([[b"x" * 5000], [b"short"]], dtype=object)
-    cols = [FeatureColumn("s", "string", values, np.array([1, 1]), np.array([True, True]))]
-    got = [tf.train.Example.FromString(e) for e in encode_examples(cols, 2)]
-    assert got == _reference(cols, 2)
+    values = np.array([[b"x" * (5 << 20), b"a"], [b"short", b""], [b"", b""]], dtype=object)
+    cols = [FeatureColumn("s", "string", values, np.array([2, 1, 0]),
+                          np.array([True, True, False])),
+            FeatureColumn("f", "float32", np.array([[1.5], [2.5], [0.0]], np.float32),
+                          np.array([1, 1, 0]), np.array([True, True, False]))]
+    got = [tf.train.Example.FromString(e) for e in encode_examples(cols, 3)]
+    assert got == _reference(cols, 3)
 
 
 def test_parse_example_reads_the_encoding():

@@ -4,12 +4,14 @@ CSV rows are turned into the exact serialized `tf.Example`s that a TFRecord of t
 would hold, then fed like TFRecord input. That makes the CSV path and the TFRecord path
 identical from the model's point of view (same `parse_example`, same defaults, same errors).
 
-The protobuf wire format is written with numpy, a whole chunk at a time: each feature's bytes
-for every row (tags, varint lengths, key, payload) are laid out as one padded [rows, width]
-uint8 matrix with a mask of the bytes each row really has; the masked bytes of all features,
-read row by row, are the serialized examples. `tf.io.encode_proto` does the same job but costs
-~1 µs per row per call (14 µs per row for 13 features, measured); this costs about 1 µs per row
-in all. The output parses identically to `tf.train.Example(...).SerializeToString()`
+The protobuf wire format is written a whole chunk at a time, with no step per row: every
+piece of every row (tags, varint lengths, key, payload) is a column, either one constant or an
+Arrow binary array built from numpy buffers without copying, and one Arrow
+`binary_join_element_wise` concatenates them row by row. Rows are not padded to the longest
+value, so one very long string costs its own bytes only. `tf.io.encode_proto` does the same job
+but costs ~1 µs per row per call (14 µs per row for 13 features, measured); this costs 2-4 µs
+per row in all on the demo model's 13 features (`python -m benchmarks.micro`). The output parses
+identically to `tf.train.Example(...).SerializeToString()`
 (tests/test_examples.py compares them).
 """
 from __future__ import annotations
@@ -17,9 +19,13 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 _FIELD_TAG = {"bytes": 0x0A, "float32": 0x12, "int64": 0x1A, "string": 0x0A}
 _NP = {"float32": np.float32, "int64": np.int64, "string": object}
+_BIN = pa.large_binary()
+_EMPTY = pa.scalar(b"", _BIN)
 
 
 @dataclasses.dataclass
@@ -36,36 +42,6 @@ class FeatureColumn:
     present: np.ndarray
 
 
-_MAX_PADDED_BYTES = 32 << 20  # beyond this, very long strings are encoded row by row
-
-
-class _Bytes:
-    """Per-row byte strings as a matrix and a mask: row i is matrix[i][valid[i]].
-
-    The valid bytes need not be a prefix (packed varints of several values are not), so no
-    piece is ever compacted: all pieces of all features are concatenated side by side and
-    read out with one boolean selection at the end.
-    """
-    __slots__ = ("matrix", "valid")
-
-    def __init__(self, matrix: np.ndarray, valid: np.ndarray):
-        self.matrix = matrix
-        self.valid = valid
-
-    @property
-    def lens(self) -> np.ndarray:
-        return self.valid.sum(axis=1)
-
-
-def _prefix(widths: np.ndarray, w: int) -> np.ndarray:
-    return np.arange(w) < widths[..., None]
-
-
-def _const(piece: bytes, mask: np.ndarray) -> _Bytes:
-    matrix = np.broadcast_to(np.frombuffer(piece, np.uint8), (len(mask), len(piece)))
-    return _Bytes(matrix, np.broadcast_to(mask[:, None], matrix.shape))
-
-
 def _varint_len(v: np.ndarray) -> np.ndarray:
     """Bytes of the varint encoding of values (int64 as their uint64 two's complement)."""
     x = v.view(np.uint64) if v.dtype == np.int64 else v.astype(np.uint64)
@@ -77,6 +53,10 @@ def _varint_len(v: np.ndarray) -> np.ndarray:
         out += x != 0
         x = x >> np.uint64(7)
     return out
+
+
+def _prefix(widths: np.ndarray, w: int) -> np.ndarray:
+    return np.arange(w) < widths[..., None]
 
 
 def _varint_groups(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,99 +73,111 @@ def _varint_groups(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return groups, nbytes
 
 
-def _varints(values: np.ndarray, mask: np.ndarray) -> _Bytes:
+def _binary(data: np.ndarray, lens: np.ndarray) -> pa.Array:
+    """An Arrow binary array whose row i is the next lens[i] bytes of data (zero copy)."""
+    offsets = np.zeros(len(lens) + 1, np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    return pa.Array.from_buffers(_BIN, len(lens), [None, pa.py_buffer(offsets),
+                                                   pa.py_buffer(np.ascontiguousarray(data))])
+
+
+def _varints(values: np.ndarray):
+    """Row i: the varint encoding of values[i] (one bytes constant when all rows are equal)."""
+    if len(values) and values.min() == values.max():
+        groups, nbytes = _varint_groups(values[:1])
+        return groups.reshape(-1)[:int(nbytes[0])].tobytes()
     groups, nbytes = _varint_groups(values)
-    return _Bytes(groups, _prefix(np.where(mask, nbytes, 0), groups.shape[-1]))
+    data = groups.reshape(-1) if groups.shape[-1] == 1 else groups[_prefix(nbytes,
+                                                                           groups.shape[-1])]
+    return _binary(data, nbytes)
 
 
-def _list_body(col: FeatureColumn, present: np.ndarray) -> list[_Bytes] | None:
-    """Pieces of each row's Float/Int64/BytesList message; None if too large to pad."""
+def _join(parts: list, n: int) -> pa.Array:
+    """Row-wise concatenation of binary arrays and constant byte strings (adjacent constants
+    merged: the fewer parts, the faster)."""
+    merged: list = []
+    for p in parts:
+        if isinstance(p, bytes) and merged and isinstance(merged[-1], bytes):
+            merged[-1] += p
+        else:
+            merged.append(p)
+    if len(merged) == 1 and isinstance(merged[0], bytes):
+        return pa.array([merged[0]] * n, _BIN)
+    return pc.binary_join_element_wise(*[pa.scalar(p, _BIN) if isinstance(p, bytes) else p
+                                         for p in merged], _EMPTY)
+
+
+def _only(mask: np.ndarray, array: pa.Array) -> pa.Array:
+    """array where mask, b"" elsewhere."""
+    return array if mask.all() else pc.if_else(pa.array(mask), array, _EMPTY)
+
+
+def _list_body(col: FeatureColumn, present: np.ndarray) -> tuple[list, np.ndarray]:
+    """Each row's Float/Int64/BytesList message: its parts (for `_join`) and byte lengths."""
     n = len(present)
     values = col.values if col.values.ndim == 2 else col.values.reshape(n, -1)
     m = values.shape[1]
     sizes = np.where(present, col.sizes, 0).astype(np.int64)
-    take = _prefix(sizes, m)  # [n, m]
+    full = bool((sizes == m).all())
     if col.dtype == "string":
-        lens = np.zeros((n, m), np.int64)
-        if take.any():
-            lens[take] = np.fromiter(map(len, values[take]), np.int64)
-        longest = max(int(lens.max()) if lens.size else 0, 1)
-        if n * m * (longest + 11) > _MAX_PADDED_BYTES:
-            return None
-        padded = np.zeros((n, m), dtype=f"S{longest}")
-        padded[take] = values[take]
-        data = padded.view(np.uint8).reshape(n, m, longest)
-        len_groups, len_bytes = _varint_groups(lens)       # [n, m, w], [n, m]
         # BytesList: field 1 repeated, one (tag, length, bytes) per value, values in order
-        matrix = np.concatenate([np.full((n, m, 1), 0x0A, np.uint8), len_groups, data], axis=2)
-        valid = np.concatenate([take[..., None], _prefix(len_bytes, len_groups.shape[2])
-                                & take[..., None], _prefix(lens, longest)], axis=2)
-        return [_Bytes(matrix.reshape(n, -1), valid.reshape(n, -1))]
+        if m == 1:
+            strings = pa.array(values[:, 0], _BIN)
+            if strings.null_count:
+                strings = strings.fill_null(b"")
+        else:
+            strings = pa.array(values.reshape(-1) if full else values[_prefix(sizes, m)], _BIN)
+        lens = pc.binary_length(strings).to_numpy(zero_copy_only=False).astype(np.int64)
+        entry_lens = 1 + _varint_len(lens) + lens
+        if m == 1:
+            parts = [b"\x0a", _varints(lens), strings]
+            if full:
+                return parts, entry_lens
+            return [_only(sizes > 0, _join(parts, n))], np.where(sizes > 0, entry_lens, 0)
+        entries = _join([b"\x0a", _varints(lens), strings], len(lens))
+        offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        ends = np.concatenate([[0], np.cumsum(entry_lens)])
+        body = pc.binary_join(pa.LargeListArray.from_arrays(pa.array(offsets), entries), _EMPTY)
+        return [body], ends[offsets[1:]] - ends[offsets[:-1]]
     if col.dtype == "float32":
-        payload = _Bytes(np.ascontiguousarray(values, "<f4").view(np.uint8).reshape(n, 4 * m),
-                         _prefix(4 * sizes, 4 * m))
+        raw = np.ascontiguousarray(values, "<f4").view(np.uint8).reshape(n, 4 * m)
+        payload_lens = 4 * sizes
+        payload = _binary(raw.reshape(-1) if full else raw[_prefix(payload_lens, 4 * m)],
+                          payload_lens)
     else:
         groups, nbytes = _varint_groups(values)            # [n, m, w], [n, m]
-        valid = _prefix(nbytes, groups.shape[2]) & take[..., None]
-        payload = _Bytes(groups.reshape(n, -1), valid.reshape(n, -1))
+        valid = _prefix(nbytes, groups.shape[2]) & _prefix(sizes, m)[..., None]
+        payload_lens = valid.reshape(n, -1).sum(axis=1)
+        payload = _binary(groups[valid], payload_lens)
     # packed repeated field 1: one tag and one length for all values (nothing when empty)
     has_values = sizes > 0
-    return [_const(b"\x0a", has_values), _varints(payload.lens, has_values), payload]
-
-
-def _encode_with_protos(columns: list[FeatureColumn], n: int) -> np.ndarray:
-    """Row-by-row fallback (TensorFlow's own protos) for batches with very long strings."""
-    import tensorflow as tf
-    out = []
-    for i in range(n):
-        feats = {}
-        for col in columns:
-            if not col.present[i]:
-                continue
-            row = col.values[i] if col.values.ndim == 2 else col.values[i:i + 1]
-            vals = list(row[:col.sizes[i]])
-            if col.dtype == "float32":
-                feats[col.name] = tf.train.Feature(float_list=tf.train.FloatList(value=vals))
-            elif col.dtype == "int64":
-                feats[col.name] = tf.train.Feature(int64_list=tf.train.Int64List(value=vals))
-            else:
-                feats[col.name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=vals))
-        out.append(tf.train.Example(features=tf.train.Features(feature=feats))
-                   .SerializeToString())
-    return np.array(out + [None], dtype=object)[:-1]
+    parts = [b"\x0a", _varints(payload_lens), payload]
+    body_lens = np.where(has_values, 1 + _varint_len(payload_lens) + payload_lens, 0)
+    if has_values.all():
+        return parts, body_lens
+    return [_only(has_values, _join(parts, n))], body_lens
 
 
 def encode_examples(columns: list[FeatureColumn], n: int) -> np.ndarray:
     """Serialize n tf.Examples holding the given feature columns; returns an object array."""
     if n == 0:
         return np.empty(0, dtype=object)
-    pieces: list[_Bytes] = []
+    parts: list = []
     features_len = np.zeros(n, np.int64)
     for col in columns:
         present = np.asarray(col.present, bool)
-        body = _list_body(col, present)
-        if body is None:
-            return _encode_with_protos(columns, n)
-        body_len = sum(p.lens for p in body)
+        body, body_len = _list_body(col, present)
         key = col.name.encode("utf-8")
         key_field = b"\x0a" + bytes(_varint_groups(np.array([len(key)]))[0][0]) + key
         feature_len = 1 + _varint_len(body_len) + body_len
         entry_len = len(key_field) + 1 + _varint_len(feature_len) + feature_len
         features_len += np.where(present, 1 + _varint_len(entry_len) + entry_len, 0)
         # map<string, Feature> entry: {1: key, 2: Feature{list tag: list}}
-        pieces += [_const(b"\x0a", present), _varints(entry_len, present),
-                   _const(key_field + b"\x12", present), _varints(feature_len, present),
-                   _const(bytes([_FIELD_TAG[col.dtype]]), present),
-                   _varints(body_len, present)] + body
-    ones = np.ones(n, bool)
-    pieces = [_const(b"\x0a", ones), _varints(features_len, ones)] + pieces
-    # all pieces side by side; their valid bytes, read row by row, are the examples
-    matrix = np.concatenate([p.matrix for p in pieces], axis=1)
-    valid = np.concatenate([p.valid for p in pieces], axis=1)
-    blob = matrix[valid].tobytes()
-    ends = np.cumsum(valid.sum(axis=1)).tolist()
-    starts = [0] + ends[:-1]
-    return np.array([blob[a:b] for a, b in zip(starts, ends)] + [None], dtype=object)[:-1]
+        entry = [b"\x0a", _varints(entry_len), key_field + b"\x12", _varints(feature_len),
+                 bytes([_FIELD_TAG[col.dtype]]), _varints(body_len)] + body
+        parts += entry if present.all() else [_only(present, _join(entry, n))]
+    return _join([b"\x0a", _varints(features_len)] + parts, n).to_numpy(zero_copy_only=False)
 
 
 def encode_rows(rows: list[dict], dtypes: dict[str, str]) -> np.ndarray:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import decimal
 import math
-import operator
 
 import apache_beam as beam
 import numpy as np
@@ -28,9 +27,22 @@ import pyarrow.compute as pc
 from transforms.examples import FeatureColumn, encode_examples
 from transforms.feature_spec import Feature, FeatureSpec
 from transforms.records import CsvBatch, RecordBatch, error_row
-from transforms.read import NAMESPACE, _csv_text
+from transforms.read import NAMESPACE
 
 _NP = {"float32": np.float32, "int64": np.int64}
+
+
+class _LazyCells:
+    """Python strings of an Arrow column, made only if a slow path asks for them."""
+
+    def __init__(self, array: pa.Array):
+        self._array = array
+        self._cells = None
+
+    def __getitem__(self, i):
+        if self._cells is None:
+            self._cells = self._array.to_pylist()
+        return self._cells[i]
 
 
 class _CellError(Exception):
@@ -101,15 +113,28 @@ def _convert_cell(cell: str, feature: Feature, sep: str) -> list:
     return values
 
 
-def convert_column(cells: list[str], feature: Feature, sep: str = "|"
+def convert_column(cells, feature: Feature, sep: str = "|"
                    ) -> tuple[FeatureColumn, dict[int, _CellError]]:
-    """Convert one CSV column; returns the column and {row: error} for cells that fail."""
-    n = len(cells)
-    text = pa.array(cells, pa.string())
+    """Convert one CSV column (a list of str, or a pyarrow string array); returns the column
+    and {row: error} for cells that fail."""
+    if isinstance(cells, pa.Array):
+        text = cells
+        cells = _LazyCells(text)
+    else:
+        try:
+            text = pa.array(cells, pa.string())
+        except UnicodeEncodeError:  # undecodable input (surrogates): reported cell by cell
+            text = pa.array([c.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                             for c in cells], pa.string())
+    n = len(text)
     present = pc.not_equal(text, "").to_numpy(zero_copy_only=False)
     errors: dict[int, _CellError] = {}
     scalar = feature.kind == "fixed" and feature.num_values == 1
     if scalar and feature.dtype == "string":
+        if isinstance(cells, _LazyCells):  # already checked UTF-8 by the Arrow reader
+            values = text.cast(pa.binary()).to_numpy(zero_copy_only=False)
+            return FeatureColumn(feature.name, feature.dtype, values, present.astype(np.int32),
+                                 present), errors
         try:  # str.encode over the list runs in C; surrogates (undecodable input) fail it
             values = np.array(list(map(str.encode, cells)) + [None], dtype=object)[:-1]
         except UnicodeEncodeError:
@@ -165,19 +190,17 @@ def convert_column(cells: list[str], feature: Feature, sep: str = "|"
 def csv_to_examples(batch: CsvBatch, spec: FeatureSpec, key_field: str | None,
                     sep: str = "|") -> tuple[RecordBatch | None, list[dict]]:
     """Convert a CSV batch; returns the good rows as a RecordBatch and error rows."""
-    col_of = {name: i for i, name in enumerate(batch.header)}
-    n = len(batch.rows)
+    n = len(batch)
     bad: dict[int, tuple[str, str]] = {}
     columns = []
     for feature in spec.values():
-        if feature.name not in col_of:
+        if not batch.has_column(feature.name):
             if feature.required:
                 for i in range(n):
                     bad.setdefault(i, ("missing_feature", f"required column {feature.name!r} is "
                                                           "not in the CSV header"))
             continue
-        cells = list(map(operator.itemgetter(col_of[feature.name]), batch.rows))
-        column, errors = convert_column(cells, feature, sep)
+        column, errors = convert_column(batch.column(feature.name), feature, sep)
         if feature.required:
             for i in np.flatnonzero(~column.present):
                 errors.setdefault(i, _CellError("missing_feature", f"required column "
@@ -187,14 +210,15 @@ def csv_to_examples(batch: CsvBatch, spec: FeatureSpec, key_field: str | None,
         columns.append(column)
     keys = None
     if key_field is not None:
-        if key_field not in col_of:
+        if not batch.has_column(key_field):
             for i in range(n):
                 bad.setdefault(i, ("missing_key", f"key column {key_field!r} is not in the "
                                                   "CSV header"))
         else:
-            keys = np.array(list(map(operator.itemgetter(col_of[key_field]), batch.rows)),
-                            dtype=object)
-    errors = [error_row(batch.shard, batch.indices[i], etype, msg, _csv_text(batch.rows[i]),
+            cells = batch.column(key_field)
+            keys = (cells.to_numpy(zero_copy_only=False) if isinstance(cells, pa.Array)
+                    else np.array(cells, dtype=object))
+    errors = [error_row(batch.shard, batch.indices[i], etype, msg, batch.row_text(i),
                         line=batch.lines[i]) for i, (etype, msg) in sorted(bad.items())]
     if bad:
         keep = np.ones(n, dtype=bool)

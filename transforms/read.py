@@ -188,20 +188,23 @@ def iter_tfrecords(stream, chunk_bytes: int = _READ_CHUNK) -> Iterator[tuple]:
 
 
 # --- CSV ----------------------------------------------------------------------------------------
-def iter_csv(stream) -> Iterator[tuple]:
+def iter_csv(stream, header: list[str] | None = None, first_line: int = 1,
+             first_index: int = 0) -> Iterator[tuple]:
     """Yield ("header", cols), ("ok", index, line, row) or ("error", index, line, type, msg, text).
 
     Blank lines are not records. The UTF-8 BOM is dropped; undecodable bytes are kept as
-    surrogates so that conversion reports them on the row they belong to.
+    surrogates so that conversion reports them on the row they belong to. `header`,
+    `first_line` and `first_index` continue a file whose beginning was read elsewhere.
     """
     csv.field_size_limit(_CSV_FIELD_LIMIT)
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig" if header is None else "utf-8",
+                            errors="surrogateescape", newline="")
     reader = csv.reader(text)
-    header = None
-    index = 0
+    index = first_index
+    offset = first_line - 1
     last_line = 0
     while True:
-        start = last_line + 1
+        start = offset + last_line + 1
         try:
             row = next(reader)
         except StopIteration:
@@ -228,6 +231,123 @@ def iter_csv(stream) -> Iterator[tuple]:
         index += 1
 
 
+class _Prefixed(io.RawIOBase):
+    """`head` bytes, then the rest of `stream`: hands a partly read file to the csv module."""
+
+    def __init__(self, head: bytes, stream):
+        self._head = memoryview(head)
+        self._stream = stream
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        if len(self._head):
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._stream.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+def _arrow_ok(chunk: bytes) -> bool:
+    """Whether pyarrow may parse this block with one row per line and the csv module's result:
+    no quotes, no blank lines, no NUL, no carriage return other than in CRLF."""
+    return (b'"' not in chunk and b"\x00" not in chunk and b"\n\n" not in chunk
+            and b"\n\r\n" not in chunk and not chunk.startswith((b"\n", b"\r\n"))
+            and chunk.count(b"\r") == chunk.count(b"\r\n"))
+
+
+def iter_csv_blocks(stream, columns: list[str] | None = None, block_bytes: int = _READ_CHUNK
+                    ) -> Iterator[tuple]:
+    """CSV in blocks: yield ("header", cols), then ("table", table, text, first_index,
+    first_line) for blocks that pyarrow parses into string columns (one row per line, `text`
+    the block's raw lines), and `iter_csv` items for everything else.
+
+    This is the reader's fast path: pyarrow's C++ tokenizer instead of a Python step per row.
+    A block that pyarrow cannot take exactly as the csv module would (quotes, blank lines, a
+    row with the wrong number of columns, invalid UTF-8) is read by `iter_csv` instead, with
+    its line numbers and record indices continued; from the first quote on, the rest of the
+    file is (a quoted field may span lines, and blocks are cut at line ends). `columns` limits
+    the table to the named columns (the header keeps all names).
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    read = getattr(stream, "read1", stream.read)
+    buf, eof, broken = b"", False, None
+
+    def fill(size):
+        nonlocal buf, eof, broken
+        while not eof and len(buf) < size:
+            try:
+                data = read(size - len(buf))
+            except (OSError, EOFError, zlib.error) as e:  # broken or cut-short gzip stream
+                data, broken = b"", e
+            eof = not data
+            buf += data
+
+    fill(block_bytes)
+    if buf.startswith(b"\xef\xbb\xbf"):
+        buf = buf[3:]
+    end = buf.find(b"\n")
+    while end < 0 and not eof:  # a header longer than a block
+        fill(len(buf) + block_bytes)
+        end = buf.find(b"\n")
+    head = buf[:end + 1] if end >= 0 else buf
+    header = None
+    if head.strip() and _arrow_ok(head):
+        try:
+            header = [c.strip() for c in next(csv.reader([head.decode("utf-8")]))]
+        except (UnicodeDecodeError, csv.Error, StopIteration):
+            header = None
+    if header is None or len(set(header)) != len(header) or len(header) < 2:
+        yield from iter_csv(io.BufferedReader(_Prefixed(buf, stream)))
+        return
+    yield ("header", header)
+    buf = buf[len(head):]
+    wanted = [c for c in (columns if columns is not None else header) if c in header]
+    options = (pacsv.ReadOptions(column_names=header, block_size=max(block_bytes, 1 << 20)),
+               pacsv.ParseOptions(newlines_in_values=False),
+               pacsv.ConvertOptions(column_types={c: pa.string() for c in wanted},
+                                    include_columns=wanted, strings_can_be_null=False,
+                                    quoted_strings_can_be_null=False, null_values=[]))
+    line, index = 2, 0
+    while True:
+        fill(block_bytes)
+        if not buf:
+            break
+        cut = buf.rfind(b"\n") + 1 if not eof else len(buf)
+        if cut == 0:  # a line longer than a block
+            fill(len(buf) + block_bytes)
+            continue
+        chunk, buf = buf[:cut], buf[cut:]
+        if b'"' in chunk or chunk.count(b"\r") != chunk.count(b"\r\n"):
+            yield from iter_csv(io.BufferedReader(_Prefixed(chunk + buf, stream)), header,
+                                line, index)
+            return
+        rows = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
+        table = None
+        if _arrow_ok(chunk):
+            try:
+                table = pacsv.read_csv(pa.py_buffer(chunk), *options)
+            except (pa.ArrowInvalid, pa.ArrowException):
+                table = None
+        if table is not None and table.num_rows == rows:
+            yield ("table", table, chunk, index, line)
+            index += rows
+        else:
+            for item in iter_csv(io.BytesIO(chunk), header, line, index):
+                index = item[1] + 1
+                yield item
+        line += chunk.count(b"\n")
+    if broken is not None:
+        yield ("error", index, line, "unreadable_tail", f"cannot decompress the file ({broken}); "
+               f"{index} records were read before it and the remainder of the file was not",
+               None)
+
+
 def _csv_text(row: list[str]) -> str:
     out = io.StringIO()
     csv.writer(out, lineterminator="").writerow(row)
@@ -237,10 +357,12 @@ def _csv_text(row: list[str]) -> str:
 # --- the DoFn and transform ---------------------------------------------------------------------
 class ReadShardDoFn(beam.DoFn):
     """Reads one shard (file path) into batches; emits error rows and one shard-stats row."""
+    _csv_block_bytes = _READ_CHUNK
 
-    def __init__(self, input_format: str, batch_size: int):
+    def __init__(self, input_format: str, batch_size: int, columns: list[str] | None = None):
         self._format = input_format
         self._batch_size = batch_size
+        self._columns = columns
 
     def setup(self):
         self._records = beam.metrics.Metrics.counter(NAMESPACE, "records_in")
@@ -280,24 +402,47 @@ class ReadShardDoFn(beam.DoFn):
 
     def _read_csv(self, path, stream, stats):
         header, rows, indices, lines = None, [], [], []
-        for item in iter_csv(stream):
-            kind = item[0]
-            if kind == "header":
-                header = item[1]
-                continue
+        size = self._batch_size
+        items = iter_csv_blocks(stream, self._columns, self._csv_block_bytes)
+        try:
+            for item in items:
+                kind = item[0]
+                if kind == "header":
+                    header = item[1]
+                elif kind == "table":
+                    _, table, text, first_index, first_line = item
+                    n = table.num_rows
+                    stats["records"] += n
+                    ends = np.flatnonzero(np.frombuffer(text, np.uint8) == 10) + 1
+                    for s in range(0, n, size):
+                        e = min(s + size, n)
+                        lo = int(ends[s - 1]) if s else 0
+                        hi = int(ends[e - 1]) if e - 1 < len(ends) else len(text)
+                        yield CsvBatch(path, header, None, np.arange(s, e) + first_index,
+                                       np.arange(s, e) + first_line, table=table.slice(s, e - s),
+                                       text=text[lo:hi])
+                elif kind == "ok":
+                    stats["records"] += 1
+                    rows.append(item[3])
+                    indices.append(item[1])
+                    lines.append(item[2])
+                    if len(rows) >= size:
+                        yield CsvBatch(path, header, rows, np.array(indices), np.array(lines))
+                        rows, indices, lines = [], [], []
+                else:
+                    _, index, line, etype, message, text = item
+                    stats["records"] += 1
+                    stats["read_errors"] += 1
+                    stats["unreadable_tail"] |= etype == "unreadable_tail"
+                    yield beam.pvalue.TaggedOutput("errors", error_row(path, index, etype,
+                                                                       message, text, line=line))
+        except (OSError, EOFError, zlib.error) as e:  # a broken gzip stream under the csv module
             stats["records"] += 1
-            if kind == "ok":
-                rows.append(item[3])
-                indices.append(item[1])
-                lines.append(item[2])
-                if len(rows) >= self._batch_size:
-                    yield CsvBatch(path, header, rows, np.array(indices), np.array(lines))
-                    rows, indices, lines = [], [], []
-            else:
-                _, index, line, etype, message, text = item
-                stats["read_errors"] += 1
-                yield beam.pvalue.TaggedOutput("errors", error_row(path, index, etype, message,
-                                                                   text, line=line))
+            stats["read_errors"] += 1
+            stats["unreadable_tail"] = True
+            yield beam.pvalue.TaggedOutput("errors", error_row(
+                path, None, "unreadable_tail", f"cannot decompress the file ({e}); the remainder "
+                "of the file was not read", None))
         if rows:
             yield CsvBatch(path, header, rows, np.array(indices), np.array(lines))
 
@@ -309,8 +454,10 @@ def _record_batch(path, payloads, indices) -> RecordBatch:
 class ReadRecordBatches(beam.PTransform):
     """Files -> batches of records from one shard each (+ 'errors', 'shard_stats' outputs)."""
 
-    def __init__(self, files: list[str], input_format: str, batch_size: int):
+    def __init__(self, files: list[str], input_format: str, batch_size: int,
+                 columns: list[str] | None = None):
         super().__init__()
+        self._columns = columns
         if input_format not in FORMATS:
             raise InputError(f"--input_format must be one of {FORMATS}, got {input_format!r}")
         self._files = list(files)
@@ -321,5 +468,6 @@ class ReadRecordBatches(beam.PTransform):
         return (pbegin
                 | "ListShards" >> beam.Create(self._files, reshuffle=False)
                 | "SpreadShards" >> beam.Reshuffle()
-                | "ReadShards" >> beam.ParDo(ReadShardDoFn(self._format, self._batch_size))
+                | "ReadShards" >> beam.ParDo(ReadShardDoFn(self._format, self._batch_size,
+                                                             self._columns))
                 .with_outputs("errors", "shard_stats", main="batches"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import operator
 
 import numpy as np
 
@@ -52,15 +53,41 @@ class RecordBatch:
 
 @dataclasses.dataclass
 class CsvBatch:
-    """Raw CSV rows from one shard, before conversion with the feature spec."""
+    """CSV rows from one shard, before conversion with the feature spec.
+
+    Either `rows` (lists of cells, from the csv module) or `table` (string columns parsed by
+    pyarrow, one line per row, with `text` the raw lines they came from) is set.
+    """
     shard: str
     header: list[str]
-    rows: list[list[str]]
+    rows: list[list[str]] | None
     indices: np.ndarray
     lines: np.ndarray
+    table: object = None          # pyarrow.Table of string columns (a subset of the header)
+    text: bytes | None = None     # the table's raw lines, for error payloads
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.table.num_rows if self.table is not None else len(self.rows)
+
+    def has_column(self, name: str) -> bool:
+        if self.table is not None:
+            return name in self.table.column_names
+        return name in self.header
+
+    def column(self, name: str):
+        """The cells of one column: a pyarrow StringArray or a list of str."""
+        if self.table is not None:
+            return self.table.column(name).combine_chunks()
+        i = len(self.header) - 1 - self.header[::-1].index(name)  # the last one wins
+        return list(map(operator.itemgetter(i), self.rows))
+
+    def row_text(self, i: int) -> str:
+        """Row i as CSV text, for an error row's payload."""
+        if self.table is not None:
+            line = self.text.split(b"\n", i + 1)[i]
+            return line.rstrip(b"\r").decode("utf-8", "replace")
+        from transforms.read import _csv_text
+        return _csv_text(self.rows[i])
 
 
 def payload_field(payload: bytes | str | None) -> dict:

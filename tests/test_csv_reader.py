@@ -1,0 +1,165 @@
+"""The CSV block reader (pyarrow fast path + csv-module fallback) against the csv module alone.
+
+`iter_csv_blocks` parses clean blocks with pyarrow and hands everything else (quotes, blank
+lines, wrong column counts, invalid UTF-8, lone carriage returns) to `iter_csv`. Whatever the
+mix and wherever the block boundaries fall, every record must come out exactly as the plain
+csv-module reader gives it: the same index, line number, serialized tf.Example and key for each
+prediction input, the same error type, message and payload for each error row.
+"""
+import io
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from transforms.feature_spec import FeatureSpec
+from transforms.parse import csv_to_examples
+from transforms.read import ReadShardDoFn, iter_csv, iter_csv_blocks
+from transforms.records import CsvBatch
+
+SPEC = FeatureSpec.from_json({
+    "x": {"dtype": "float32"},
+    "n": {"dtype": "int64", "default": [7]},
+    "s": {"dtype": "string", "default": ["?"]},
+    "v": {"kind": "varlen", "dtype": "float32"},
+})
+HEADER = b"id,x,n,s,v,extra"
+
+LINES = {  # (kind, text): clean rows the fast path takes, and every kind that must fall back
+    "ok": st.builds(lambda i, x, n: f"r{i},{x},{n},abc,1.5|2,e".encode(),
+                    st.integers(0, 999), st.floats(-1e6, 1e6, width=32), st.integers(-99, 99)),
+    "defaults": st.just(b"rd,0.25,,,,"),
+    "bad_number": st.just(b"rb,zz,1,a,,e"),
+    "missing_required": st.just(b"rm,,1,a,,e"),
+    "short_row": st.just(b"rs,1.0,2"),
+    "blank": st.sampled_from([b"", b"  "]),
+    "utf8": st.just(b"ru,1.0,2,\xff\xfe,,e"),
+    "unicode": st.just("rü,1.0,2,ünï,,é".encode()),
+    "quoted": st.just(b'rq,1.0,2,"a,b",,e'),
+    "quoted_newline": st.just(b'rn,1.0,2,"line\nbreak",,e'),
+    "crlf": st.just(b"rc,2.0,3,c,,e\r"),
+    "nul": st.just(b"r0,1.0,2,a\x00b,,e"),
+}
+
+
+@st.composite
+def csv_files(draw):
+    kinds = draw(st.lists(st.sampled_from(sorted(LINES)), min_size=1, max_size=40))
+    # mostly clean files (the fast path), sometimes anything
+    if draw(st.booleans()):
+        kinds = [k if k in ("ok", "defaults") else "ok" for k in kinds] + kinds[:2]
+    lines = [draw(LINES[k]) for k in kinds]
+    blob = b"\n".join([HEADER] + lines) + draw(st.sampled_from([b"", b"\n"]))
+    if draw(st.booleans()):
+        blob = b"\xef\xbb\xbf" + blob
+    return blob, draw(st.integers(16, 400))
+
+
+def _reference(blob):
+    """The csv module alone: every record in one CsvBatch of rows."""
+    rows, indices, lines, errors, header = [], [], [], [], None
+    for item in iter_csv(io.BytesIO(blob)):
+        if item[0] == "header":
+            header = item[1]
+        elif item[0] == "ok":
+            rows.append(item[3])
+            indices.append(item[1])
+            lines.append(item[2])
+        else:
+            errors.append((item[1], item[2], item[3], item[4], item[5]))
+    return header, CsvBatch("f.csv", header, rows, np.array(indices, np.int64),
+                            np.array(lines, np.int64)), errors
+
+
+def _outcome(batches, read_errors):
+    """{index: what became of the record} over all batches."""
+    out = {}
+    for index, line, etype, message, payload in read_errors:
+        out[index] = ("error", line, etype, message, payload)
+    for batch in batches:
+        if not len(batch):
+            continue
+        records, errors = csv_to_examples(batch, SPEC, "id")
+        for e in errors:
+            out[e["index"]] = ("error", e["line"], e["error_type"], e["message"], e["payload"])
+        if records is not None:
+            for i, line, ser, key in zip(records.indices, records.lines, records.serialized,
+                                         records.keys):
+                out[int(i)] = ("ok", int(line), bytes(ser), str(key))
+    return out
+
+
+def _blocks(blob, block_bytes, batch_size=3, stream=None):
+    """The reader's own batching (ReadShardDoFn._read_csv) over iter_csv_blocks."""
+    dofn = ReadShardDoFn("csv", batch_size, ["id", *SPEC])
+    dofn._csv_block_bytes = block_bytes
+    stats = {"records": 0, "read_errors": 0, "unreadable_tail": False}
+    batches, errors = [], []
+    for item in dofn._read_csv("f.csv", stream or io.BytesIO(blob), stats):
+        if isinstance(item, CsvBatch):
+            batches.append(item)
+        else:
+            row = item.value
+            errors.append((row["index"], row.get("line"), row["error_type"], row["message"],
+                           row["payload"]))
+    return batches, errors, stats
+
+
+@settings(max_examples=150, deadline=None)
+@given(csv_files())
+def test_block_reader_gives_what_the_csv_module_gives(case):
+    blob, block_bytes = case
+    header, ref_batch, ref_errors = _reference(blob)
+    batches, errors, stats = _blocks(blob, block_bytes)
+    want = _outcome([ref_batch], ref_errors)
+    got = _outcome(batches, errors)
+    assert got == want
+    assert stats["records"] == len(want)
+    assert all(b.header == header for b in batches)
+
+
+def test_clean_file_is_read_by_pyarrow_in_blocks():
+    rows = [f"r{i},{i / 4},{i},s{i % 3},{i}|{i + 1},e".encode() for i in range(1000)]
+    blob = b"\n".join([HEADER] + rows) + b"\n"
+    items = list(iter_csv_blocks(io.BytesIO(blob), ["id", "x", "n", "s", "v"],
+                                 block_bytes=4096))
+    assert items[0] == ("header", ["id", "x", "n", "s", "v", "extra"])
+    tables = items[1:]
+    assert len(tables) > 5 and all(t[0] == "table" for t in tables)
+    assert [t[3] for t in tables] == list(np.cumsum([0] + [t[1].num_rows
+                                                           for t in tables[:-1]]))
+    assert sum(t[1].num_rows for t in tables) == 1000
+    assert tables[0][1].column_names == ["id", "x", "n", "s", "v"]  # 'extra' never parsed
+    assert tables[-1][4] == 2 + sum(t[1].num_rows for t in tables[:-1])  # line numbers
+    _, ref, _ = _reference(blob)
+    assert _outcome(_blocks(blob, 4096, batch_size=128)[0], []) == _outcome([ref], [])
+
+
+def test_quote_hands_the_rest_of_the_file_to_the_csv_module():
+    rows = [f"r{i},1,2,a,,e".encode() for i in range(50)]
+    rows[20] = b'r20,1,2,"multi\nline",,e'
+    blob = b"\n".join([HEADER] + rows)
+    items = list(iter_csv_blocks(io.BytesIO(blob), None, block_bytes=64))
+    kinds = [it[0] for it in items]
+    first_ok = kinds.index("ok")
+    assert "table" in kinds[:first_ok] and "table" not in kinds[first_ok:]
+    multi = [it for it in items if it[0] == "ok" and it[3][0] == "r20"]
+    assert multi[0][1:3] == (20, 22) and multi[0][3][3] == "multi\nline"
+    last = items[-1]
+    assert last[:3] == ("ok", 49, 52)  # the quoted newline moved later lines by one
+
+
+def test_cut_gzip_keeps_the_rows_before_the_damage():
+    import gzip
+    rows = [f"r{i},{i},1,a,,e".encode() for i in range(20000)]
+    blob = gzip.compress(b"\n".join([HEADER] + rows) + b"\n")
+    cut = blob[: len(blob) // 2]
+    batches, errors, stats = _blocks(None, 1 << 16, batch_size=4096,
+                                     stream=gzip.GzipFile(fileobj=io.BytesIO(cut)))
+    n = sum(len(b) for b in batches)
+    assert 0 < n < 20000
+    got = np.concatenate([b.indices for b in batches])
+    assert np.array_equal(np.sort(got), np.arange(n))
+    kinds = [e[2] for e in errors]
+    assert kinds[-1] == "unreadable_tail" and set(kinds[:-1]) <= {"csv_format"}
+    assert stats["records"] == n + len(errors)
