@@ -27,7 +27,8 @@ from transforms.parse import ParseWithSpecDoFn
 from transforms.predict import ModelConfig, ModelHolder, PredictDoFn, shared_tag
 from transforms.read import InputError, ReadRecordBatches, infer_format, match_inputs
 from transforms.write import (FinalizeDoFn, OutputError, WriteJsonLines, WriteMetricsDoFn,
-                              WritePredictions, build_reports, check_output_dir)
+                              WritePredictions, build_reports, check_output_dir,
+                              prediction_header)
 
 _LOG = logging.getLogger(__name__)
 USER_ERRORS = (InputError, ModelError, FeatureSpecError, OutputError)
@@ -185,16 +186,18 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
               (errors | "ErrorEvents" >> beam.FlatMap(m.error_events)))
     shard_rows = (events
                   | "AllEvents" >> beam.Flatten()
-                  | "PerShardMetrics" >> beam.CombinePerKey(m.ShardMetricsFn())
-                  | "ShardRows" >> beam.Map(m.shard_row)
-                  | "GatherRows" >> beam.combiners.ToList())
+                  | "ShardMetrics" >> beam.CombineGlobally(m.JobMetricsFn()).without_defaults())
     summary = shard_rows | "Summarize" >> beam.Map(build_reports, plan.run_info,
                                                    plan.max_error_rate)
     written.append(summary | "WriteMetrics" >> beam.ParDo(
         WriteMetricsDoFn(staging), beam.pvalue.AsSingleton(shard_rows),
         beam.pvalue.AsList(scored.model_loads)))
     side = [beam.pvalue.AsList(w) for w in written]
-    _ = (p
-         | "FinalizeTrigger" >> beam.Create([None])
-         | "Finalize" >> beam.ParDo(FinalizeDoFn(plan.output_dir, staging, plan.overwrite),
-                                    beam.pvalue.AsSingleton(summary), *side))
+    _ = summary | "Finalize" >> beam.ParDo(
+        FinalizeDoFn(plan.output_dir, staging, plan.overwrite, expected_files(plan)), *side)
+
+
+def expected_files(plan: JobPlan) -> dict[str, tuple[str, bytes | None]]:
+    """The file families every run has (an empty one when nothing was written to it)."""
+    header = prediction_header(plan.output_format, plan.model.key_field, plan.output_names)
+    return {"predictions": ("." + plan.output_format, header), "errors": (".jsonl", None)}

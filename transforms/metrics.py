@@ -1,8 +1,9 @@
 """Per-shard latency and accounting, merged into the job summary.
 
 Everything the reader, the parser and the predictor report is keyed by shard *and* by the
-job-wide key `ALL`, and folded by one CombineFn (`ShardMetricsFn`), so a shard's row and the
-job's totals are computed the same way. Model-call latencies are kept whole (one float per call,
+job-wide key `ALL`, and folded by one CombineFn per key (`ShardMetricsFn`), so a shard's row and
+the job's totals are computed the same way; `JobMetricsFn` runs them all in one global combine
+(events are per batch and per shard, a few per thousand records). Model-call latencies are kept whole (one float per call,
 a few hundred per million records), so percentiles are exact, not sketched.
 """
 from __future__ import annotations
@@ -78,6 +79,35 @@ class ShardMetricsFn(beam.CombineFn):
             "read_seconds": round(acc["read_seconds"], 3),
             "shards": acc["shards"],
         }
+
+
+class JobMetricsFn(beam.CombineFn):
+    """(shard, event) pairs -> the list of shard rows (ALL included), in one global combine."""
+
+    def __init__(self):
+        self._shard = ShardMetricsFn()
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, item):
+        shard, event = item
+        if shard not in acc:
+            acc[shard] = self._shard.create_accumulator()
+        self._shard.add_input(acc[shard], event)
+        return acc
+
+    def merge_accumulators(self, accs):
+        out: dict = {}
+        for a in accs:
+            for shard, sub in a.items():
+                out[shard] = self._shard.merge_accumulators([out[shard], sub]) \
+                    if shard in out else sub
+        return out
+
+    def extract_output(self, acc):
+        return [shard_row((shard, self._shard.extract_output(sub)))
+                for shard, sub in sorted(acc.items())]
 
 
 def _both(shard, event):

@@ -1,7 +1,7 @@
 """Writing predictions, error rows and metrics, and finalizing the output dir atomically.
 
-Everything is first written under a staging dir `OUTPUT/.tmp-RUN_ID/` (Beam's own file sinks
-add their temp-dir-and-rename on top). The last step, `Finalize`, runs once all writes are done
+Everything is first written under a staging dir `OUTPUT/.tmp-RUN_ID/`, one file per bundle
+(`WriteStagedFilesDoFn`, fused with the steps before it). The last step, `Finalize`, runs once all writes are done
 (their file lists are its side inputs): it removes the previous run's outputs (only with
 --overwrite), renames the staged files into place, then writes `_SUCCESS` if the error budget
 holds. A run that dies before that leaves only `.tmp-*` dirs, which nothing mistakes for output.
@@ -14,11 +14,15 @@ Final layout:
 from __future__ import annotations
 
 import logging
+import re
 import time
+import uuid
 
 import apache_beam as beam
 import orjson
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindows
 
 from transforms import format as fmt
 from transforms.metrics import ALL, percentiles_ms  # noqa: F401  (re-exported for reports)
@@ -83,6 +87,48 @@ def _dumps_line(row) -> bytes:
     return orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+_STAGED_NAME = re.compile(r"^(?P<family>.+)-[0-9a-f]{32}(?P<suffix>\.[^/]+)$")
+
+
+class WriteStagedFilesDoFn(beam.DoFn):
+    """Blocks of text lines -> one staged file per bundle, `FAMILY-<uuid>.SUFFIX` under the
+    staging dir; emits the file's path when the bundle ends.
+
+    The whole sink is this one step, fused with the steps before it: no shuffle, no Beam
+    temp-dir-and-rename (the Finalize step numbers the files and moves them into place).
+    A retried bundle writes a new file; only the paths of bundles that committed reach
+    Finalize, so a failed attempt's file stays in staging and is deleted with it.
+    """
+
+    def __init__(self, staging: str, family: str, suffix: str, header: bytes | None = None):
+        self._staging = staging
+        self._family = family
+        self._suffix = suffix
+        self._header = header
+
+    def start_bundle(self):
+        self._fh = None
+        self._path = None
+
+    def process(self, block: bytes):
+        if not block:
+            return
+        if self._fh is None:
+            self._path = _join(self._staging, f"{self._family}-{uuid.uuid4().hex}{self._suffix}")
+            self._fh = FileSystems.create(self._path,
+                                          compression_type=CompressionTypes.UNCOMPRESSED)
+            if self._header is not None:
+                self._fh.write(self._header + b"\n")
+        self._fh.write(block)
+        self._fh.write(b"\n")
+
+    def finish_bundle(self):
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+            yield GlobalWindows.windowed_value(self._path)
+
+
 class WritePredictions(beam.PTransform):
     def __init__(self, staging: str, output_format: str, key_field: str | None,
                  output_names: list[str]):
@@ -95,30 +141,52 @@ class WritePredictions(beam.PTransform):
     def expand(self, batches):
         key_field = self._key_field
         if self._format == "csv":
-            header = ",".join(fmt.csv_header(key_field, self._output_names))
             text = batches | "FormatCsv" >> beam.Map(fmt.to_csv, key_field)
         else:
-            header = None
             text = batches | "FormatJsonl" >> beam.Map(fmt.to_jsonl, key_field)
-        return (text
-                | "DropEmpty" >> beam.Filter(len)
-                | "WriteFiles" >> beam.io.WriteToText(
-                    _join(self._staging, "predictions"), file_name_suffix="." + self._format,
-                    shard_name_template=SHARDS, header=header))
+        header = prediction_header(self._format, key_field, self._output_names)
+        return text | "WriteFiles" >> beam.ParDo(WriteStagedFilesDoFn(
+            self._staging, "predictions", "." + self._format, header))
+
+
+def prediction_header(output_format: str, key_field: str | None,
+                      output_names: list[str]) -> bytes | None:
+    """The first line of every predictions file (CSV only)."""
+    if output_format != "csv":
+        return None
+    return ",".join(fmt.csv_header(key_field, output_names)).encode("utf-8")
 
 
 class WriteJsonLines(beam.PTransform):
-    """Rows (dicts) -> `prefix-SSSSS-of-NNNNN.jsonl` under the staging dir."""
+    """Rows (dicts) -> staged `prefix-<uuid>.jsonl` files (one per bundle)."""
 
     def __init__(self, staging: str, prefix: str):
         super().__init__()
-        self._path = _join(staging, prefix)
+        self._staging = staging
+        self._prefix = prefix
 
     def expand(self, rows):
         return (rows
                 | "ToJson" >> beam.Map(_dumps_line)
-                | "WriteFiles" >> beam.io.WriteToText(self._path, file_name_suffix=".jsonl",
-                                                      shard_name_template=SHARDS))
+                | "WriteFiles" >> beam.ParDo(WriteStagedFilesDoFn(self._staging, self._prefix,
+                                                                  ".jsonl")))
+
+
+def final_names(staged_relative: list[str]) -> dict[str, str]:
+    """{staged relative path: final relative path}: files of one family numbered in order,
+    `family-SSSSS-of-NNNNN.suffix`; other files keep their names."""
+    families: dict[tuple[str, str], list[str]] = {}
+    out = {}
+    for rel in sorted(staged_relative):
+        m = _STAGED_NAME.match(rel)
+        if m:
+            families.setdefault((m["family"], m["suffix"]), []).append(rel)
+        else:
+            out[rel] = rel
+    for (family, suffix), files in families.items():
+        for i, rel in enumerate(files):
+            out[rel] = f"{family}-{i:05d}-of-{len(files):05d}{suffix}"
+    return out
 
 
 class WriteMetricsDoFn(beam.DoFn):
@@ -252,15 +320,27 @@ class FinalizeDoFn(beam.DoFn):
     """Moves staged files into place, then writes manifest.json and (within the error budget)
     _SUCCESS, in that order: a consumer that sees _SUCCESS finds everything else in place."""
 
-    def __init__(self, output_dir: str, staging: str, overwrite: bool):
+    def __init__(self, output_dir: str, staging: str, overwrite: bool,
+                 expected: dict[str, tuple[str, bytes | None]] | None = None):
         self._output_dir = output_dir
         self._staging = staging
         self._overwrite = overwrite
+        # family -> (suffix, header): an empty file (header only) when no bundle wrote one
+        self._expected = expected or {}
 
-    def process(self, _, summary, *written_lists):
+    def process(self, summary, *written_lists):
         staged = sorted({f for files in written_lists for f in files})
         root = self._staging.rstrip("/") + "/"
-        targets = [_join(self._output_dir, f[len(root):]) for f in staged]
+        for family, (suffix, header) in self._expected.items():
+            if not any(_STAGED_NAME.match(f[len(root):]) and
+                       _STAGED_NAME.match(f[len(root):])["family"] == family for f in staged):
+                path = _join(self._staging, f"{family}-{'0' * 32}{suffix}")
+                with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED
+                                        ) as fh:
+                    fh.write(header + b"\n" if header is not None else b"")
+                staged.append(path)
+        names = final_names([f[len(root):] for f in staged])
+        targets = [_join(self._output_dir, names[f[len(root):]]) for f in staged]
         old = [f for f in existing_outputs(self._output_dir) if f not in set(targets)]
         if self._overwrite:
             old_all = existing_outputs(self._output_dir)
