@@ -38,6 +38,12 @@ _LOG = logging.getLogger(__name__)
 _PROGRESS_SECONDS = 30.0
 
 
+def _intra_op_threads() -> int:
+    """TensorFlow's intra-op pool size in this process (0: TensorFlow's default, one per core)."""
+    import tensorflow as tf
+    return tf.config.threading.get_intra_op_parallelism_threads()
+
+
 @dataclasses.dataclass
 class PredictionBatch:
     """Scored records: where they came from (or their key) and one array per model output."""
@@ -151,8 +157,9 @@ class PredictDoFn(beam.DoFn):
         configure_threads(cfg.intra_op_threads, cfg.inter_op_threads)
         start = time.monotonic()
         model = open_model(cfg.path, cfg.signature, cfg.spec, cfg.cache_dir, warm_up=True)
-        _LOG.info("loaded model %s (signature %s) in process %d in %.1fs",
-                  model.version.path, cfg.signature, os.getpid(), time.monotonic() - start)
+        _LOG.info("loaded model %s (signature %s) in process %d in %.1fs; TF intra-op threads: "
+                  "%s", model.version.path, cfg.signature, os.getpid(),
+                  time.monotonic() - start, _intra_op_threads() or "default")
         return ModelHolder(model)
 
     def setup(self):
@@ -233,7 +240,8 @@ class PredictDoFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput("model_loads", {
             "pid": holder.pid, "host": socket.gethostname(), "model": m.version.path,
             "version": m.version.version, "signature": m.signature,
-            "load_seconds": round(m.load_seconds, 3), "stage_seconds": round(m.stage_seconds, 3)})
+            "load_seconds": round(m.load_seconds, 3), "stage_seconds": round(m.stage_seconds, 3),
+            "tf_intra_op_threads": _intra_op_threads()})
 
     def _take(self, n: int) -> _Chunk:
         parts, taken = [], 0

@@ -3,9 +3,11 @@
 Files are opened through Beam's `FileSystems` (so gs:// works wherever Beam's GCS filesystem
 does). TFRecord frames are checked with their CRCs record by record, so one corrupt record
 becomes one error row instead of failing the file; gzip is detected from the magic bytes, not
-the file name. CSV is read with the stdlib `csv` module (C parser), which keeps the line number
-of every row and lets one malformed row fail alone; conversion to tensors happens later, in
-`transforms.parse`, column by column.
+the file name. CSV is read in blocks of a few MB: pyarrow's C++ parser turns a clean block into
+string columns at once (`iter_csv_blocks`); a block it cannot read exactly as the stdlib `csv`
+module would (quotes, blank lines, a wrong column count, invalid UTF-8) goes through `iter_csv`,
+which keeps the line number of every row and lets one malformed row fail alone. Conversion to
+tensors happens later, in `transforms.parse`, column by column.
 """
 from __future__ import annotations
 
