@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-DEFAULT_BATCH_SIZE = 2048
+DEFAULT_BATCH_SIZE = 8192  # from `python -m benchmarks --only batch` (benchmarks/RESULTS.md)
 DEFAULT_MAX_ERROR_RATE = 0.01
 
 
