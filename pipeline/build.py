@@ -26,6 +26,7 @@ from transforms.model import ModelError, open_model
 from transforms.parse import ParseWithSpecDoFn
 from transforms.predict import ModelConfig, ModelHolder, PredictDoFn, shared_tag
 from transforms.read import InputError, ReadRecordBatches, infer_format, match_inputs
+from transforms.records import Batch
 from transforms.write import (FinalizeDoFn, OutputError, WriteJsonLines, WriteMetricsDoFn,
                               WritePredictions, build_reports, check_output_dir,
                               prediction_header)
@@ -165,13 +166,13 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
                                            plan.batch_size, columns=csv_columns)
     parsed = read.batches | "ParseWithSpec" >> beam.ParDo(
         ParseWithSpecDoFn(plan.model.spec, plan.model.key_field, plan.list_separator)
-    ).with_outputs("errors", main="records")
+    ).with_output_types(Batch).with_outputs("errors", main="records")
     predict_kwargs = {"shared_handle": plan.shared_model}
     if clock is not None:
         predict_kwargs["clock"] = clock
     scored = parsed.records | "Predict" >> beam.ParDo(
         predict_dofn(plan.model, plan.batch_size, **predict_kwargs)
-    ).with_outputs("errors", "latency", "model_loads", main="predictions")
+    ).with_output_types(Batch).with_outputs("errors", "latency", "model_loads", main="predictions")
 
     written = []
     written.append(scored.predictions | "WritePredictions" >> WritePredictions(

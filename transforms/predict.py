@@ -30,7 +30,7 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
 from transforms.feature_spec import FeatureSpec
-from transforms.records import RecordBatch, error_row
+from transforms.records import Batch, RecordBatch, error_row
 from transforms.metrics import ALL
 from transforms.read import NAMESPACE
 
@@ -45,7 +45,7 @@ def _intra_op_threads() -> int:
 
 
 @dataclasses.dataclass
-class PredictionBatch:
+class PredictionBatch(Batch):
     """Scored records: where they came from (or their key) and one array per model output."""
     shards: np.ndarray               # object array, shard of each row
     indices: np.ndarray              # record index within the shard
@@ -55,6 +55,12 @@ class PredictionBatch:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def estimated_bytes(self) -> int:
+        keys = self.keys
+        key_bytes = keys.nbytes if keys is not None and keys.dtype != object else \
+            8 * len(self.indices)
+        return sum(v.nbytes for v in self.outputs.values()) + self.indices.nbytes + key_bytes
 
 
 @dataclasses.dataclass(frozen=True)

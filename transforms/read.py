@@ -25,7 +25,7 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.records import CsvBatch, RecordBatch, error_row
+from transforms.records import Batch, CsvBatch, RecordBatch, error_row
 
 _LOG = logging.getLogger(__name__)
 NAMESPACE = "batch_predict"
@@ -472,4 +472,5 @@ class ReadRecordBatches(beam.PTransform):
                 | "SpreadShards" >> beam.Reshuffle()
                 | "ReadShards" >> beam.ParDo(ReadShardDoFn(self._format, self._batch_size,
                                                              self._columns))
+                .with_output_types(Batch)
                 .with_outputs("errors", "shard_stats", main="batches"))

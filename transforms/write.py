@@ -141,9 +141,11 @@ class WritePredictions(beam.PTransform):
     def expand(self, batches):
         key_field = self._key_field
         if self._format == "csv":
-            text = batches | "FormatCsv" >> beam.Map(fmt.to_csv, key_field)
+            text = batches | "FormatCsv" >> beam.Map(fmt.to_csv, key_field).with_output_types(
+                bytes)
         else:
-            text = batches | "FormatJsonl" >> beam.Map(fmt.to_jsonl, key_field)
+            text = batches | "FormatJsonl" >> beam.Map(fmt.to_jsonl, key_field
+                                                       ).with_output_types(bytes)
         header = prediction_header(self._format, key_field, self._output_names)
         return text | "WriteFiles" >> beam.ParDo(WriteStagedFilesDoFn(
             self._staging, "predictions", "." + self._format, header))
