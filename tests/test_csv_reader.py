@@ -163,3 +163,16 @@ def test_cut_gzip_keeps_the_rows_before_the_damage():
     kinds = [e[2] for e in errors]
     assert kinds[-1] == "unreadable_tail" and set(kinds[:-1]) <= {"csv_format"}
     assert stats["records"] == n + len(errors)
+
+
+def test_blank_lines_inside_clean_blocks_keep_line_numbers():
+    rows = [f"r{i},{i},1,a,,e".encode() for i in range(40)]
+    rows[5:5] = [b""]
+    rows[20:20] = [b"", b""]
+    blob = b"\n".join([HEADER] + rows) + b"\n"
+    for block in (64, 256, 4096):
+        _, ref, ref_errors = _reference(blob)
+        batches, errors, _ = _blocks(blob, block, batch_size=7)
+        got = _outcome(batches, errors)
+        assert got == _outcome([ref], ref_errors)
+        assert got[39][1] == 2 + 39 + 3  # after three blank lines

@@ -254,12 +254,16 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
+def _lone_cr(chunk: bytes) -> bool:
+    """A carriage return that does not end a CRLF line end (the csv module's line end too)."""
+    return b"\r" in chunk and chunk.count(b"\r") != chunk.count(b"\r\n")
+
+
 def _arrow_ok(chunk: bytes) -> bool:
     """Whether pyarrow may parse this block with one row per line and the csv module's result:
-    no quotes, no blank lines, no NUL, no carriage return other than in CRLF."""
-    return (b'"' not in chunk and b"\x00" not in chunk and b"\n\n" not in chunk
-            and b"\n\r\n" not in chunk and not chunk.startswith((b"\n", b"\r\n"))
-            and chunk.count(b"\r") == chunk.count(b"\r\n"))
+    no quotes, no NUL, no lone carriage return. (Blank lines, which pyarrow skips, show up as
+    a row count short of the line count and send the block to the csv module.)"""
+    return b'"' not in chunk and b"\x00" not in chunk and not _lone_cr(chunk)
 
 
 def iter_csv_blocks(stream, columns: list[str] | None = None, block_bytes: int = _READ_CHUNK
@@ -282,13 +286,16 @@ def iter_csv_blocks(stream, columns: list[str] | None = None, block_bytes: int =
 
     def fill(size):
         nonlocal buf, eof, broken
-        while not eof and len(buf) < size:
+        pieces, have = [buf], len(buf)
+        while not eof and have < size:
             try:
-                data = read(size - len(buf))
+                data = read(size - have)
             except (OSError, EOFError, zlib.error) as e:  # broken or cut-short gzip stream
                 data, broken = b"", e
             eof = not data
-            buf += data
+            pieces.append(data)
+            have += len(data)
+        buf = b"".join(pieces) if len(pieces) > 1 else buf
 
     fill(block_bytes)
     if buf.startswith(b"\xef\xbb\xbf"):
@@ -325,13 +332,14 @@ def iter_csv_blocks(stream, columns: list[str] | None = None, block_bytes: int =
             fill(len(buf) + block_bytes)
             continue
         chunk, buf = buf[:cut], buf[cut:]
-        if b'"' in chunk or chunk.count(b"\r") != chunk.count(b"\r\n"):
+        if b'"' in chunk or _lone_cr(chunk):
             yield from iter_csv(io.BufferedReader(_Prefixed(chunk + buf, stream)), header,
                                 line, index)
             return
-        rows = chunk.count(b"\n") + (not chunk.endswith(b"\n"))
+        lines = chunk.count(b"\n")
+        rows = lines + (not chunk.endswith(b"\n"))
         table = None
-        if _arrow_ok(chunk):
+        if b"\x00" not in chunk:
             try:
                 table = pacsv.read_csv(pa.py_buffer(chunk), *options)
             except (pa.ArrowInvalid, pa.ArrowException):
@@ -343,7 +351,7 @@ def iter_csv_blocks(stream, columns: list[str] | None = None, block_bytes: int =
             for item in iter_csv(io.BytesIO(chunk), header, line, index):
                 index = item[1] + 1
                 yield item
-        line += chunk.count(b"\n")
+        line += lines
     if broken is not None:
         yield ("error", index, line, "unreadable_tail", f"cannot decompress the file ({broken}); "
                f"{index} records were read before it and the remainder of the file was not",
