@@ -35,7 +35,7 @@ from benchmarks.common import (ChildFailed, fmt, markdown_table, med, pct, pct_s
 SECTIONS = ("main", "scaling", "startup", "multiprocess", "batch")
 DEFAULTS = {"rows": 300_000, "heavy_rows": 30_000, "repeats": 3,
             "scaling": "100000,500000,1000000,2000000", "output_formats": "jsonl,csv",
-            "mp_rows": "30000,120000", "batch_sizes": "1024,2048,4096,8192,16384"}
+            "mp_rows": "30000,120000", "batch_sizes": "1024,2048,4096,8192,16384,auto"}
 QUICK = {"rows": 100_000, "heavy_rows": 10_000, "repeats": 1,
          "scaling": "50000,200000", "output_formats": "jsonl", "mp_rows": "10000",
          "batch_sizes": "2048,8192"}
@@ -93,7 +93,7 @@ def parse_args(argv):
     args.models = [m for m in args.models.split(",") if m]
     args.mp_models = [m for m in args.mp_models.split(",") if m]
     args.mp_rows = [int(x) for x in args.mp_rows.split(",") if x]
-    args.batch_sizes = [int(x) for x in args.batch_sizes.split(",") if x]
+    args.batch_sizes = [x if x == "auto" else int(x) for x in args.batch_sizes.split(",") if x]
     args.formats = [f for f in args.formats.split(",") if f]
     args.output_formats = [f for f in args.output_formats.split(",") if f]
     args.peer_output_formats = ([f for f in args.peer_output_formats.split(",") if f]
@@ -363,7 +363,8 @@ def batch_table(recs) -> list[str]:
     groups: dict = {}
     for r in recs:
         groups.setdefault((r["model"], r["format"], r["rows"]), []).append(r)
-    sizes = sorted({int(s) for r in recs for s in r["sizes"]})
+    seen = {s for r in recs for s in r["sizes"]}
+    sizes = sorted(int(s) for s in seen if s != "auto") + (["auto"] if "auto" in seen else [])
     base = str(DEFAULT_BATCH_SIZE) if all(str(DEFAULT_BATCH_SIZE) in r["sizes"]
                                           for r in recs) else str(sizes[0])
     rows = []
@@ -375,7 +376,8 @@ def batch_table(recs) -> list[str]:
                      if v and _g(r["sizes"].get(base), "e2e_eps") else None
                      for v, r in zip(vals, rs)]
             rss = [_g(r["sizes"].get(str(size)), "peak_rss_mb") for r in rs]
-            rows.append([model, f, f"{n:,}", f"{size:,}", span(vals), pct_span(ratio),
+            rows.append([model, f, f"{n:,}", size if size == "auto" else f"{size:,}", span(vals),
+                         pct_span(ratio),
                          span(steady), span(rss)])
     return [f"## --batch_size (TFRecord/CSV -> jsonl; ratio to --batch_size {int(base):,} within "
             "each round)", "",

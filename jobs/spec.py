@@ -55,7 +55,7 @@ class JobSpec:
     model: str
     input: str
     output: str
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int | str = DEFAULT_BATCH_SIZE
     error_budget: float = DEFAULT_MAX_ERROR_RATE
     options: dict = dataclasses.field(default_factory=dict)
     runner: str = "local"
@@ -132,8 +132,9 @@ def from_dict(doc: dict, source: str | None = None) -> JobSpec:
     for key in ("model", "input", "output"):
         _check_tokens(key, _require(doc, key, str))
     batch_size = doc.get("batch_size", DEFAULT_BATCH_SIZE)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
-        raise SpecError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if batch_size != "auto" and (not isinstance(batch_size, int) or
+                                 isinstance(batch_size, bool) or batch_size <= 0):
+        raise SpecError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
     budget = doc.get("error_budget", DEFAULT_MAX_ERROR_RATE)
     if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0 <= budget <= 1:
         raise SpecError(f"error_budget must be a fraction of records between 0 and 1 (e.g. "

@@ -19,7 +19,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions
 from apache_beam.utils import shared
 
-from pipeline.options import BatchPredictOptions
+from pipeline.options import DEFAULT_BATCH_SIZE, BatchPredictOptions
 from transforms import metrics as m
 from transforms.feature_spec import FeatureSpec, FeatureSpecError
 from transforms.model import ModelError, open_model
@@ -53,6 +53,7 @@ class JobPlan:
     # an in-process runner reuses it instead of loading a second copy
     shared_model: object = None
     model_holder: object = None
+    auto_batch: bool = False  # --batch_size auto: PredictDoFn tunes the call size
 
 
 def _key_dtype(opts, spec: FeatureSpec, input_format: str, first_file: str) -> str:
@@ -146,12 +147,14 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None) -> JobPlan:
         "input_bytes": sum(s for _, s in files), "batch_size": opts.batch_size,
         "output_format": opts.output_format, "key_field": opts.key_field,
     }
+    auto_batch = opts.batch_size == "auto"
     shared_model = shared.Shared()
     holder = shared_model.acquire(lambda: ModelHolder(model), tag=shared_tag(config))
     return JobPlan(files=files, input_format=input_format, model=config,
                    output_names=model.output_names, output_dir=output_dir,
                    staging_dir=f"{output_dir}/.tmp-{run_id}", output_format=opts.output_format,
-                   batch_size=opts.batch_size, overwrite=opts.overwrite,
+                   batch_size=DEFAULT_BATCH_SIZE if auto_batch else opts.batch_size,
+                   auto_batch=auto_batch, overwrite=opts.overwrite,
                    max_error_rate=opts.max_error_rate, list_separator=opts.csv_list_separator,
                    run_info=run_info, shared_model=shared_model, model_holder=holder)
 
@@ -168,6 +171,8 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
         ParseWithSpecDoFn(plan.model.spec, plan.model.key_field, plan.list_separator)
     ).with_output_types(Batch).with_outputs("errors", main="records")
     predict_kwargs = {"shared_handle": plan.shared_model}
+    if plan.auto_batch:
+        predict_kwargs["auto_batch"] = True
     if clock is not None:
         predict_kwargs["clock"] = clock
     scored = parsed.records | "Predict" >> beam.ParDo(

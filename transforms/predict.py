@@ -63,6 +63,54 @@ class PredictionBatch(Batch):
         return sum(v.nbytes for v in self.outputs.values()) + self.indices.nbytes + key_bytes
 
 
+class BatchSizeTuner:
+    """`--batch_size auto`: start at `start` records per call and double the size while the
+    model's records/s (median of `calls` full-size calls, the first call at each size not
+    counted) improves by at least `gain`; then keep the best size. Out-of-memory caps it."""
+
+    def __init__(self, start: int = 1024, maximum: int = 32768, calls: int = 3,
+                 gain: float = 0.10):
+        self.size = start
+        self.maximum = maximum
+        self.settled = False
+        self.best: tuple[int, float] | None = None  # (size, records/s)
+        self._calls = calls
+        self._gain = gain
+        self._rates: list[float] = []
+        self._skipped = False
+
+    def observe(self, records: int, seconds: float) -> None:
+        """One successful model call; partial chunks (bundle ends) do not count."""
+        if self.settled or records < self.size or seconds <= 0:
+            return
+        if not self._skipped:  # a new size's first call pays for new buffer shapes
+            self._skipped = True
+            return
+        self._rates.append(records / seconds)
+        if len(self._rates) < self._calls:
+            return
+        rate = sorted(self._rates)[len(self._rates) // 2]
+        self._rates, self._skipped = [], False
+        if self.best is None or rate >= self.best[1] * (1 + self._gain):
+            self.best = (self.size, rate)
+            if self.size * 2 > self.maximum:
+                self.settled = True
+            else:
+                self.size *= 2
+        else:
+            self.size = self.best[0]
+            self.settled = True
+
+    def cap(self, limit: int) -> None:
+        """Out of memory at more than `limit` records: never go above it."""
+        self.maximum = min(self.maximum, limit)
+        if self.size > limit:
+            self.size = limit
+        if self.best is not None and self.best[0] > limit:
+            self.best = None
+        self.settled = True
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Everything a worker needs to open the same model the launcher validated (picklable)."""
@@ -148,11 +196,13 @@ class PredictDoFn(beam.DoFn):
 
     def __init__(self, config: ModelConfig, batch_size: int,
                  clock: Callable[[], int] = time.perf_counter_ns,
-                 shared_handle: shared.Shared | None = None):
+                 shared_handle: shared.Shared | None = None, auto_batch: bool = False):
         """`shared_handle`: a Shared the launcher already loaded this model through (see
-        pipeline.build.plan_job), so an in-process runner reuses that copy."""
+        pipeline.build.plan_job), so an in-process runner reuses that copy. `auto_batch`:
+        --batch_size auto (`BatchSizeTuner`); `batch_size` then only sizes the elements."""
         self._config = config
         self._batch_size = batch_size
+        self._auto_batch = auto_batch
         self._clock = clock
         self._shared = shared_handle or shared.Shared()
 
@@ -184,6 +234,9 @@ class PredictDoFn(beam.DoFn):
         # while this thread formats and writes chunk k-1 and reads the next records
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-call")
         self._chunk_limit = self._batch_size  # lowered for good when a call runs out of memory
+        self._tuner = BatchSizeTuner() if self._auto_batch else None
+        if self._tuner is not None:
+            self._chunk_limit = self._tuner.size
         self._scored_since_log = 0
         self._last_log = time.monotonic()
 
@@ -313,7 +366,9 @@ class PredictDoFn(beam.DoFn):
         if not results:
             return
         if len(results) == 1:  # the usual case: one call scored the whole chunk
-            positions, outputs, parsed_keys, _ = results[0]
+            positions, outputs, parsed_keys, elapsed_ns = results[0]
+            if self._tuner is not None and not self._tuner.settled:
+                self._tune(len(positions), elapsed_ns)
         else:  # the pieces of a split chunk, back in record order
             positions = np.concatenate([r[0] for r in results])
             order = np.argsort(positions, kind="stable")
@@ -376,8 +431,19 @@ class PredictDoFn(beam.DoFn):
                                  f"of {n}; outputs need a leading batch dimension")
         results.append((positions, outputs, keys, elapsed_ns))
 
+    def _tune(self, records: int, elapsed_ns: int):
+        tuner = self._tuner
+        tuner.observe(records, elapsed_ns / 1e9)
+        self._chunk_limit = tuner.size
+        if tuner.settled:
+            _LOG.info("--batch_size auto: process %d settled at %d records per call (%.0f "
+                      "records/s in the model)", os.getpid(), tuner.size,
+                      tuner.best[1] if tuner.best else 0.0)
+
     def _back_off(self, failed: int, limit: int):
         """Out of memory on `failed` records: score at most `limit` per call from now on."""
+        if self._tuner is not None:
+            self._tuner.cap(limit)
         if limit < self._chunk_limit:
             self._chunk_limit = max(1, limit)
             self._oom_backoffs.inc()
