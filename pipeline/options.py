@@ -66,8 +66,8 @@ class BatchPredictOptions(PipelineOptions):
         parser.add_argument(
             "--batch_size", type=_batch_size, default=DEFAULT_BATCH_SIZE,
             help="maximum records per model call (and per element read); 'auto': start at "
-                 "1024 and double while the model's records/s improves by a tenth or more "
-                 "(backing off on out-of-memory), per worker process")
+                 f"{DEFAULT_BATCH_SIZE} and double (up to 32768) while the model's records/s "
+                 "improves by a tenth or more, backing off on out-of-memory, per worker process")
         parser.add_argument(
             "--output_format", choices=["jsonl", "csv"], default="jsonl",
             help="format of predictions-* files")

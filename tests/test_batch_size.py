@@ -80,23 +80,24 @@ class StepClock:
 
 def test_auto_batch_size_run_grows_its_calls_and_scores_everything(tmp_path, demo_model_base,
                                                                     demo_model):
-    data = demo.write_demo_data(str(tmp_path / "data"), rows=20_000, shards=2)
+    demo.write_demo_data(str(tmp_path / "data"), rows=60_000, shards=2)
     out = str(tmp_path / "out")
     result, plan = run(["--model", demo_model_base, "--input",
                         os.path.join(str(tmp_path / "data"), "*.tfrecord*"), "--output", out,
                         "--key_field", "id", "--batch_size", "auto"], clock=StepClock())
     assert plan.auto_batch
     summary = read_summary(out)
-    assert summary["predicted"] == 20_000 and summary["errors"] == 0
+    assert summary["predicted"] == 60_000 and summary["errors"] == 0
     [dist] = result.metrics().query(MetricsFilter().with_name("chunk_size_records")
                                     )["distributions"]
     sizes = dist.committed
     assert sizes.count == summary["model_calls"]
-    # 4 calls at 1024, then 4 at 2048, then 4096 (1 ms per call: every doubling pays)
-    assert sizes.min <= 1024 and sizes.max >= 4096
-    assert summary["model_calls"] >= 9
+    # 4 calls at the default 8192 (one warm-up, three measured), then 16384: with every call
+    # lasting 1 ms, every doubling pays
+    assert sizes.max == 16384
+    assert summary["model_calls"] <= 4 + -(-(60_000 - 4 * 8192) // 16384) + 2
     rows = by_key(predictions(out))
-    assert len(rows) == 20_000
-    sample = demo.demo_rows(10_000, seed=1, start_id=0)[:300]
+    assert len(rows) == 60_000
+    sample = demo.demo_rows(30_000, seed=1, start_id=0)[:300]
     expected = expected_outputs(demo_model, sample)
     assert_close([rows[r["id"]]["score"] for r in sample], expected["score"])

@@ -199,7 +199,7 @@ class PredictDoFn(beam.DoFn):
                  shared_handle: shared.Shared | None = None, auto_batch: bool = False):
         """`shared_handle`: a Shared the launcher already loaded this model through (see
         pipeline.build.plan_job), so an in-process runner reuses that copy. `auto_batch`:
-        --batch_size auto (`BatchSizeTuner`); `batch_size` then only sizes the elements."""
+        --batch_size auto (`BatchSizeTuner`, starting at `batch_size`)."""
         self._config = config
         self._batch_size = batch_size
         self._auto_batch = auto_batch
@@ -234,7 +234,7 @@ class PredictDoFn(beam.DoFn):
         # while this thread formats and writes chunk k-1 and reads the next records
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-call")
         self._chunk_limit = self._batch_size  # lowered for good when a call runs out of memory
-        self._tuner = BatchSizeTuner() if self._auto_batch else None
+        self._tuner = BatchSizeTuner(start=self._batch_size) if self._auto_batch else None
         if self._tuner is not None:
             self._chunk_limit = self._tuner.size
         self._scored_since_log = 0

@@ -255,7 +255,8 @@ class _Prefixed(io.RawIOBase):
 
 
 def _lone_cr(chunk: bytes) -> bool:
-    """A carriage return that does not end a CRLF line end (the csv module's line end too)."""
+    """A carriage return outside a CRLF: a line end to the csv module, so line numbers would
+    no longer follow the newlines counted here."""
     return b"\r" in chunk and chunk.count(b"\r") != chunk.count(b"\r\n")
 
 
