@@ -22,7 +22,7 @@ from apache_beam.utils import shared
 from pipeline.options import DEFAULT_BATCH_SIZE, BatchPredictOptions
 from transforms import metrics as m
 from transforms.feature_spec import FeatureSpec, FeatureSpecError
-from transforms.model import ModelError, open_model
+from transforms.model import ModelError, configure_threads, open_model
 from transforms.parse import ParseWithSpecDoFn
 from transforms.predict import ModelConfig, ModelHolder, PredictDoFn, shared_tag
 from transforms.read import InputError, ReadRecordBatches, infer_format, match_inputs
@@ -92,16 +92,25 @@ def peek_key_dtype(path: str, key: str) -> str:
 
 
 def _intra_op_threads(opts: BatchPredictOptions) -> int:
-    """Local worker processes share the machine's cores: unless told otherwise, give each
-    worker's TensorFlow cores/workers threads instead of a full pool each (measured on 2
-    cores, heavy model: 2 workers with default pools ran at 45% of one process)."""
+    """Model calls running at once on this machine share its cores: unless told otherwise, each
+    gets cores / (local worker processes x concurrent calls) intra-op threads instead of a full
+    pool each (measured on 2 cores, heavy model: 2 workers with default pools ran at 45% of
+    one process)."""
     if opts.tf_intra_op_threads:
         return opts.tf_intra_op_threads
-    direct = opts.view_as(DirectOptions)
-    workers = direct.direct_num_workers or 1
-    if direct.direct_running_mode == "multi_processing" and workers > 1:
-        return max(1, (os.cpu_count() or 1) // workers)
+    workers = opts.view_as(DirectOptions).direct_num_workers if _local_worker_processes(opts) \
+        else 1
+    parallel = workers * opts.concurrent_model_calls
+    if parallel > 1:
+        return max(1, (os.cpu_count() or 1) // parallel)
     return 0
+
+
+def _local_worker_processes(opts: BatchPredictOptions) -> bool:
+    """True when the DirectRunner runs the DoFns in local worker subprocesses."""
+    direct = opts.view_as(DirectOptions)
+    return (direct.direct_running_mode == "multi_processing"
+            and (direct.direct_num_workers or 1) > 1)
 
 
 def plan_job(opts: BatchPredictOptions, run_id: str | None = None) -> JobPlan:
@@ -116,6 +125,9 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None) -> JobPlan:
     output_dir = opts.output.rstrip("/")
     check_output_dir(output_dir, opts.overwrite)
     given = FeatureSpec.load(opts.feature_spec) if opts.feature_spec else None
+    intra_op_threads = _intra_op_threads(opts)
+    # before the first model load: an in-process runner scores with this process's TF runtime
+    configure_threads(intra_op_threads, opts.tf_inter_op_threads)
     model = open_model(opts.model, opts.signature, given, opts.model_cache_dir, warm_up=True)
     _LOG.info("plan: model %s, signature %s (%s), spec from %s: %d features",
               model.version.path, opts.signature, model.info.convention, model.spec_source,
@@ -136,7 +148,9 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None) -> JobPlan:
         keys_from_examples=opts.key_field is not None and input_format == "tfrecord",
         cache_dir=opts.model_cache_dir or os.path.join(tempfile.gettempdir(),
                                                        "batch-predict-models"),
-        intra_op_threads=_intra_op_threads(opts), inter_op_threads=opts.tf_inter_op_threads)
+        intra_op_threads=intra_op_threads, inter_op_threads=opts.tf_inter_op_threads,
+        concurrent_calls=opts.concurrent_model_calls,
+        fast_worker_exit=_local_worker_processes(opts), launcher_pid=os.getpid())
     run_info = {
         "run_id": run_id, "start_time": start,
         "model": opts.model, "model_path": model.version.path,

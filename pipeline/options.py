@@ -87,9 +87,16 @@ class BatchPredictOptions(PipelineOptions):
             help="local dir where gs:// models are staged on each worker (default: a dir "
                  "under the system temp dir)")
         parser.add_argument(
+            "--concurrent_model_calls", type=_positive_int, default=1,
+            help="model calls in flight at once per worker process, each with its share of "
+                 "the cores (see --tf_intra_op_threads). 2 helps compute-bound models on a "
+                 "machine with 2+ cores (several dense layers of 2048: 1.2-1.4x on 2 cores); "
+                 "light models, bound by reading and formatting, do not gain")
+        parser.add_argument(
             "--tf_intra_op_threads", type=int, default=0,
-            help="TensorFlow intra-op threads per worker process (0 = TensorFlow's default; "
-                 "with --direct_running_mode=multi_processing, cores / --direct_num_workers)")
+            help="TensorFlow intra-op threads per worker process (0 = TensorFlow's default, "
+                 "one per core; with --concurrent_model_calls N or "
+                 "--direct_running_mode=multi_processing: cores / (workers x N), at least 1)")
         parser.add_argument(
             "--tf_inter_op_threads", type=int, default=0,
             help="TensorFlow inter-op threads per worker process (0 = TensorFlow's default)")

@@ -4,7 +4,10 @@
 of a worker process uses the same copy. `process()` buffers the incoming record batches and
 starts a model call as soon as a full chunk is available, in a model thread, then finishes the
 previous chunk (error isolation, metrics, outputs) while that call runs: at most one chunk is
-in the model and less than one chunk waits in the buffer. `finish_bundle()` scores the rest.
+in the model and less than one chunk waits in the buffer. With `concurrent_calls` N (for
+compute-bound models: N calls with a 1/N share of the cores each kept 2 cores busier than one
+call with both) up to N calls run at once, and chunks are still finished in order.
+`finish_bundle()` scores the rest.
 Every model call is timed with an injectable clock.
 
 When a call fails, the chunk is split in halves until the failing records are isolated: the
@@ -15,10 +18,12 @@ keeps the smaller chunk size from then on (back-off instead of a failed job).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -123,6 +128,28 @@ class ModelConfig:
     cache_dir: str | None = None
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    concurrent_calls: int = 1  # model calls in flight at once per worker process
+    # local multi-process DirectRunner: worker processes (pid != launcher_pid) skip the
+    # interpreter's finalization once Beam has torn them down (see exit_now)
+    fast_worker_exit: bool = False
+    launcher_pid: int = 0
+
+
+def exit_now() -> None:
+    """atexit hook of a local multi-process worker: flush, then leave without finalizing.
+
+    By then the SDK harness has finished its bundles, torn down the DoFns and closed its log
+    channel. Finalizing an interpreter with TensorFlow loaded takes another 1.3-2 s (C++
+    destructors, no Python left to run), and the DirectRunner waits for its workers to exit
+    one after another at the end of every run. An exit after an uncaught error keeps code 1.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(1 if getattr(sys, "last_value", None) is not None else 0)
 
 
 def shared_tag(config: ModelConfig) -> str:
@@ -230,9 +257,11 @@ class PredictDoFn(beam.DoFn):
             NAMESPACE, "model_call_latency_micro_secs")
         self._chunk_sizes = beam.metrics.Metrics.distribution(NAMESPACE, "chunk_size_records")
         self._oom_backoffs = beam.metrics.Metrics.counter(NAMESPACE, "oom_backoffs")
-        # the model runs in its own thread (TensorFlow releases the GIL), so chunk k is scored
-        # while this thread formats and writes chunk k-1 and reads the next records
-        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-call")
+        # the model runs in its own thread(s) (TensorFlow releases the GIL), so chunk k is
+        # scored while this thread formats and writes chunk k-1 and reads the next records
+        self._concurrent = max(1, self._config.concurrent_calls)
+        self._model_thread = ThreadPoolExecutor(max_workers=self._concurrent,
+                                                thread_name_prefix="model-call")
         self._chunk_limit = self._batch_size  # lowered for good when a call runs out of memory
         self._tuner = BatchSizeTuner(start=self._batch_size) if self._auto_batch else None
         if self._tuner is not None:
@@ -261,11 +290,15 @@ class PredictDoFn(beam.DoFn):
     def teardown(self):
         if getattr(self, "_model_thread", None) is not None:
             self._model_thread.shutdown(wait=True)
+        cfg = self._config
+        if cfg.fast_worker_exit and os.getpid() != cfg.launcher_pid:
+            import atexit
+            atexit.register(exit_now)  # registered last, so it runs first
 
     def start_bundle(self):
         self._buffer: list[RecordBatch] = []
         self._buffered = 0
-        self._inflight: tuple | None = None  # (chunk, future) being scored
+        self._inflight: collections.deque = collections.deque()  # (chunk, future), in order
 
     # -- processing --------------------------------------------------------------------------
     def process(self, batch: RecordBatch):
@@ -318,17 +351,15 @@ class PredictDoFn(beam.DoFn):
         return _Chunk(parts)
 
     def _submit(self, chunk: _Chunk):
-        """Start the model call on `chunk`, then finish the previous chunk while it runs."""
-        previous = self._inflight
-        self._inflight = (chunk, self._model_thread.submit(self._call, chunk.serialized))
-        if previous is not None:
-            yield from self._finish(*previous)
+        """Start the model call on `chunk`; then, with more calls started than may run at once,
+        finish the oldest (in order) while the others run."""
+        self._inflight.append((chunk, self._model_thread.submit(self._call, chunk.serialized)))
+        while len(self._inflight) > self._concurrent:
+            yield from self._finish(*self._inflight.popleft())
 
     def _drain(self):
-        if self._inflight is not None:
-            chunk, future = self._inflight
-            self._inflight = None
-            yield from self._finish(chunk, future)
+        while self._inflight:
+            yield from self._finish(*self._inflight.popleft())
 
     def _finish(self, chunk: _Chunk, future):
         import tensorflow as tf
