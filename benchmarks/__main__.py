@@ -42,6 +42,7 @@ QUICK = {"rows": 100_000, "heavy_rows": 10_000, "repeats": 1,
          "batch_sizes": "2048,8192"}
 TARGETS = {"small": 0.50, "heavy": 0.90}
 MP_ARGS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+MP_LABEL = "2 workers, multi_processing"  # the variant the target is judged on
 
 
 def parse_args(argv):
@@ -253,10 +254,14 @@ class Bench:
 
     def run_multiprocess(self):
         a = self.args
-        # the workers get cores / workers TF intra-op threads by default (1 each here); the
-        # third variant is one process keeping as many calls in flight as there are workers
-        variants = [("1 process", []), ("2 workers, multi_processing", MP_ARGS),
-                    ("1 process, --concurrent_model_calls 2", ["--concurrent_model_calls=2"])]
+        # defaults first (TensorFlow's own thread pools in every process), then the same with
+        # the cores split: 1 intra-op thread per worker process / per call in flight
+        one = ["--tf_intra_op_threads=1"]
+        variants = [("1 process", []), (MP_LABEL, MP_ARGS),
+                    ("1 process, --concurrent_model_calls 2", ["--concurrent_model_calls=2"]),
+                    (MP_LABEL + ", --tf_intra_op_threads 1", MP_ARGS + one),
+                    ("1 process, --concurrent_model_calls 2 --tf_intra_op_threads 1",
+                     ["--concurrent_model_calls=2"] + one)]
         for rnd in range(a.repeats):
             for m in a.mp_models:
                 for rows in a.mp_rows:
@@ -543,10 +548,10 @@ def multiprocess_table(all_recs) -> list[str]:
             failed = sum(1 for r in recs if "failed" in (r["variants"].get(label) or {}))
             rows.append([label, span(vals), pct_span(ratio), span(walls), pct_span(wall_ratio),
                          span(rss), f"{failed} failed" if failed else ""])
-        best = med([_g(r["variants"].get(label), "e2e_eps") / _g(r["variants"][base], "e2e_eps")
-                    for label in labels[1:] if "multi_processing" in label for r in recs
-                    if _g(r["variants"].get(label), "e2e_eps") and
-                    _g(r["variants"][base], "e2e_eps")]) if len(labels) > 1 else None
+        best = med([_g(r["variants"].get(MP_LABEL), "e2e_eps") / _g(r["variants"][base],
+                                                                    "e2e_eps")
+                    for r in recs if _g(r["variants"].get(MP_LABEL), "e2e_eps") and
+                    _g(r["variants"][base], "e2e_eps")])
         out += [f"## Multi-process DirectRunner, {model} model ({n:,} records, "
                 "TFRecord -> jsonl)", "",
                 "ratio = this variant's e2e examples/s (run() wall, imports excluded) / one "
@@ -559,7 +564,7 @@ def multiprocess_table(all_recs) -> list[str]:
         if model == "heavy" and best is not None:
             out += [f"target (multi-process not slower than one process): "
                     f"{'met' if best >= 1.0 else 'NOT met'} at {n:,} records "
-                    f"({pct(best)}, median of the multi-process variants).", ""]
+                    f"({pct(best)}, {MP_LABEL} with default settings, median over rounds).", ""]
     return out
 
 

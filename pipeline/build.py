@@ -91,21 +91,6 @@ def peek_key_dtype(path: str, key: str) -> str:
     return "string"
 
 
-def _intra_op_threads(opts: BatchPredictOptions) -> int:
-    """Model calls running at once on this machine share its cores: unless told otherwise, each
-    gets cores / (local worker processes x concurrent calls) intra-op threads instead of a full
-    pool each (measured on 2 cores, heavy model: 2 workers with default pools ran at 45% of
-    one process)."""
-    if opts.tf_intra_op_threads:
-        return opts.tf_intra_op_threads
-    workers = opts.view_as(DirectOptions).direct_num_workers if _local_worker_processes(opts) \
-        else 1
-    parallel = workers * opts.concurrent_model_calls
-    if parallel > 1:
-        return max(1, (os.cpu_count() or 1) // parallel)
-    return 0
-
-
 def _local_worker_processes(opts: BatchPredictOptions) -> bool:
     """True when the DirectRunner runs the DoFns in local worker subprocesses."""
     direct = opts.view_as(DirectOptions)
@@ -125,8 +110,11 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None) -> JobPlan:
     output_dir = opts.output.rstrip("/")
     check_output_dir(output_dir, opts.overwrite)
     given = FeatureSpec.load(opts.feature_spec) if opts.feature_spec else None
-    intra_op_threads = _intra_op_threads(opts)
-    # before the first model load: an in-process runner scores with this process's TF runtime
+    # TensorFlow's own pools unless told otherwise: splitting the cores between local worker
+    # processes or concurrent calls (1 intra-op thread each on 2 cores) measured 1.35-1.45x on
+    # an AMD EPYC host and 0.65-0.75x on an Intel Xeon one (benchmarks/RESULTS.md, 2026-12-01).
+    # Set before the first model load: an in-process runner scores with this process's runtime.
+    intra_op_threads = opts.tf_intra_op_threads
     configure_threads(intra_op_threads, opts.tf_inter_op_threads)
     model = open_model(opts.model, opts.signature, given, opts.model_cache_dir, warm_up=True)
     _LOG.info("plan: model %s, signature %s (%s), spec from %s: %d features",

@@ -88,15 +88,16 @@ class BatchPredictOptions(PipelineOptions):
                  "under the system temp dir)")
         parser.add_argument(
             "--concurrent_model_calls", type=_positive_int, default=1,
-            help="model calls in flight at once per worker process, each with its share of "
-                 "the cores (see --tf_intra_op_threads). 2 helps compute-bound models on a "
-                 "machine with 2+ cores (several dense layers of 2048: 1.2-1.4x on 2 cores); "
-                 "light models, bound by reading and formatting, do not gain")
+            help="model calls in flight at once per worker process, sharing its TensorFlow "
+                 "thread pools. 2 can help compute-bound models (several dense layers of 2048: "
+                 "0.75-1.3x on 2 cores, depending on the CPU; with --tf_intra_op_threads=1, "
+                 "1.35-1.45x on AMD EPYC, 0.65-0.75x on Intel Xeon): measure on your machine. "
+                 "Light models, bound by reading and formatting, do not gain")
         parser.add_argument(
             "--tf_intra_op_threads", type=int, default=0,
             help="TensorFlow intra-op threads per worker process (0 = TensorFlow's default, "
-                 "one per core; with --concurrent_model_calls N or "
-                 "--direct_running_mode=multi_processing: cores / (workers x N), at least 1)")
+                 "one per core, also with local multi_processing workers or "
+                 "--concurrent_model_calls)")
         parser.add_argument(
             "--tf_inter_op_threads", type=int, default=0,
             help="TensorFlow inter-op threads per worker process (0 = TensorFlow's default)")

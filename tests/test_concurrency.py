@@ -9,7 +9,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import demo
-from pipeline.build import _intra_op_threads, plan_job
+from pipeline.build import plan_job
 from pipeline.options import BatchPredictOptions
 from pipeline.run import read_summary, run
 from tests.helpers import assert_close, expected_outputs, predictions
@@ -76,15 +76,9 @@ def test_concurrent_calls_overlap_and_keep_every_record_in_order(tmp_path, demo_
     assert_close([by_source[(name, index)] for name, index, _ in sample], expected["score"])
 
 
-def test_concurrent_calls_share_the_cores():
-    cores = os.cpu_count() or 1
-    assert _intra_op_threads(_options("--concurrent_model_calls=2")) == max(1, cores // 2)
-    multi = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
-    assert _intra_op_threads(_options(*multi, "--concurrent_model_calls=2")) == max(
-        1, cores // 4)
-    assert _intra_op_threads(_options("--concurrent_model_calls=2",
-                                      "--tf_intra_op_threads=3")) == 3
-    assert _intra_op_threads(_options()) == 0
+def test_concurrent_model_calls_rejects_non_positive_values():
+    assert _options("--concurrent_model_calls=3").concurrent_model_calls == 3
+    assert _options().concurrent_model_calls == 1
     for bad in ("0", "-1", "two"):
         with pytest.raises(SystemExit):
             _options(f"--concurrent_model_calls={bad}")
@@ -100,6 +94,11 @@ def test_plan_marks_local_worker_processes_for_a_quick_exit(tmp_path, demo_model
         return plan_job(PipelineOptions(flags + list(extra)).view_as(BatchPredictOptions))
     multi = plan("--direct_running_mode=multi_processing", "--direct_num_workers=2").model
     assert multi.fast_worker_exit and multi.launcher_pid == os.getpid()
+    # worker processes keep TensorFlow's own pools unless told otherwise
+    assert multi.intra_op_threads == 0 and multi.concurrent_calls == 1
+    told = plan("--direct_running_mode=multi_processing", "--direct_num_workers=2",
+                "--tf_intra_op_threads=1", "--concurrent_model_calls=2").model
+    assert (told.intra_op_threads, told.concurrent_calls) == (1, 2)
     assert not plan().model.fast_worker_exit
     assert not plan("--direct_running_mode=multi_threading",
                     "--direct_num_workers=2").model.fast_worker_exit

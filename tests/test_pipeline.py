@@ -237,19 +237,3 @@ def test_predict_dofn_scores_in_chunks_of_at_most_batch_size(demo_model_base, de
     assert np.concatenate([b.indices for b in batches]).tolist() == list(range(230))
     direct = model.predict(serialized)["score"]
     np.testing.assert_array_equal(np.concatenate([b.outputs["score"] for b in batches]), direct)
-
-
-def test_local_worker_processes_share_the_cores():
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from pipeline.build import _intra_op_threads
-    from pipeline.options import BatchPredictOptions
-
-    def threads(*flags):
-        return _intra_op_threads(PipelineOptions(
-            ["--model", "m", "--input", "i", "--output", "o", *flags]
-        ).view_as(BatchPredictOptions))
-    multi = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
-    assert threads(*multi) == max(1, os.cpu_count() // 2)
-    assert threads(*multi, "--tf_intra_op_threads=3") == 3  # an explicit choice wins
-    assert threads() == 0  # one process: TensorFlow's own default
