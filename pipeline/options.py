@@ -89,10 +89,10 @@ class BatchPredictOptions(PipelineOptions):
         parser.add_argument(
             "--concurrent_model_calls", type=_positive_int, default=1,
             help="model calls in flight at once per worker process, sharing its TensorFlow "
-                 "thread pools. 2 can help compute-bound models (several dense layers of 2048: "
-                 "0.75-1.3x on 2 cores, depending on the CPU; with --tf_intra_op_threads=1, "
-                 "1.35-1.45x on AMD EPYC, 0.65-0.75x on Intel Xeon): measure on your machine. "
-                 "Light models, bound by reading and formatting, do not gain")
+                 "thread pools. 2 can help compute-bound models (several dense layers of 2048 "
+                 "on 2 cores: 1.08-1.12x end to end on an Intel Xeon host); whether it does "
+                 "depends on the CPU, so measure. Light models, bound by reading and "
+                 "formatting, do not gain")
         parser.add_argument(
             "--tf_intra_op_threads", type=int, default=0,
             help="TensorFlow intra-op threads per worker process (0 = TensorFlow's default, "

@@ -84,7 +84,8 @@ def test_concurrent_model_calls_rejects_non_positive_values():
             _options(f"--concurrent_model_calls={bad}")
 
 
-def test_plan_marks_local_worker_processes_for_a_quick_exit(tmp_path, demo_model_base):
+def test_plan_marks_local_worker_processes_for_a_quick_exit(tmp_path, demo_model_base,
+                                                           monkeypatch, caplog):
     demo.write_demo_data(str(tmp_path / "data"), rows=10, shards=1)
     flags = ["--model", demo_model_base, "--input", os.path.join(str(tmp_path / "data"),
                                                                  "*.csv"),
@@ -102,6 +103,13 @@ def test_plan_marks_local_worker_processes_for_a_quick_exit(tmp_path, demo_model
     assert not plan().model.fast_worker_exit
     assert not plan("--direct_running_mode=multi_threading",
                     "--direct_num_workers=2").model.fast_worker_exit
+    # as many local worker processes as cores: the operator hears it costs more than it gives
+    caplog.set_level("INFO", logger="pipeline.build")
+    for cores, hinted in ((2, True), (8, False)):
+        caplog.clear()
+        monkeypatch.setattr(os, "cpu_count", lambda: cores)
+        plan("--direct_running_mode=multi_processing", "--direct_num_workers=2")
+        assert ("2 local worker processes on 2 cores" in caplog.text) is hinted
 
 
 @pytest.mark.parametrize("fast, launcher_pid, registers", [
