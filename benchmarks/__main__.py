@@ -6,9 +6,10 @@ Sections (`--only`, default all):
                 over --repeats rounds
   scaling       records vs us/record and peak RSS (small model, TFRecord -> jsonl)
   startup       100-record input: process start -> first prediction, minus the TF import
-  multiprocess  heavy model: one process vs --direct_num_workers=2 multi_processing (and one
-                process with --concurrent_model_calls 2), at each of --mp_rows (worker
-                start-up is paid once per worker: it needs inputs to amortise)
+  multiprocess  heavy model: one process vs --direct_num_workers=2 multi_processing vs one
+                process with --concurrent_model_calls 2, each with TF's own thread pools and
+                with 1 intra-op thread, at each of --mp_rows (worker start-up is paid once
+                per worker: it needs inputs to amortise)
   batch         --batch_size sweep (small TFRecord/CSV, heavy TFRecord): e2e examples/s per
                 batch size, relative to the default within each round
 

@@ -129,8 +129,7 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None) -> JobPlan:
     # processes or concurrent calls (1 intra-op thread each on 2 cores) measured 1.35-1.45x on
     # an AMD EPYC host and 0.65-0.75x on an Intel Xeon one (benchmarks/RESULTS.md, 2026-12-01).
     # Set before the first model load: an in-process runner scores with this process's runtime.
-    intra_op_threads = opts.tf_intra_op_threads
-    configure_threads(intra_op_threads, opts.tf_inter_op_threads)
+    configure_threads(opts.tf_intra_op_threads, opts.tf_inter_op_threads)
     model = open_model(opts.model, opts.signature, given, opts.model_cache_dir, warm_up=True)
     _LOG.info("plan: model %s, signature %s (%s), spec from %s: %d features",
               model.version.path, opts.signature, model.info.convention, model.spec_source,
@@ -152,7 +151,7 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None) -> JobPlan:
         keys_from_examples=opts.key_field is not None and input_format == "tfrecord",
         cache_dir=opts.model_cache_dir or os.path.join(tempfile.gettempdir(),
                                                        "batch-predict-models"),
-        intra_op_threads=intra_op_threads, inter_op_threads=opts.tf_inter_op_threads,
+        intra_op_threads=opts.tf_intra_op_threads, inter_op_threads=opts.tf_inter_op_threads,
         concurrent_calls=opts.concurrent_model_calls,
         fast_worker_exit=_local_worker_processes(opts), launcher_pid=os.getpid())
     run_info = {
