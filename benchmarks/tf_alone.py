@@ -121,6 +121,8 @@ def measure(model_dir: str, files: list[str], fmt: str, mode: str, batch: int) -
         "records": n, "calls": calls, "load_s": round(load_s, 3), "cpu_s": round(cpu, 3),
         "cpu_us_per_record": cpu / n * 1e6 if n else None,
         "e2e_s": round(t_end - t_load, 3),
+        # CPU-seconds per second: ~ the core count when TF keeps every core busy
+        "cores_busy": round(cpu / (t_end - t_load), 2) if t_end > t_load else None,
         "e2e_eps": n / (t_end - t_load),
         # one batch only: no steady state to speak of, fall back to end to end
         "steady_eps": steady_n / (t_end - t_first) if steady_n else n / (t_end - t_load),
@@ -136,13 +138,20 @@ def main(argv=None) -> int:
     parser.add_argument("--format", choices=["tfrecord", "csv"], required=True)
     parser.add_argument("--mode", choices=["serialized", "parsed"], default="serialized")
     parser.add_argument("--batch_size", type=int, default=4096)
+    parser.add_argument("--intra", type=int, default=0,
+                        help="TF intra-op threads (0: TensorFlow's default, one per core)")
+    parser.add_argument("--inter", type=int, default=0,
+                        help="TF inter-op threads (0: TensorFlow's default)")
     args = parser.parse_args(argv)
     t = time.time()
-    import tensorflow  # noqa: F401
+    import tensorflow
     tf_import = time.time() - t
+    tensorflow.config.threading.set_intra_op_parallelism_threads(args.intra)
+    tensorflow.config.threading.set_inter_op_parallelism_threads(args.inter)
     files = sorted(glob.glob(args.input))
     out = measure(args.model, files, args.format, args.mode, args.batch_size)
     out.update({"kind": "tf_alone", "format": args.format, "mode": args.mode,
+                "intra": args.intra, "inter": args.inter,
                 "tf_import_s": round(tf_import, 3)})
     from benchmarks.common import write_result
     write_result(args.result, out)

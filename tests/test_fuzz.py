@@ -50,6 +50,7 @@ def score_file(path: str, fmt: str, dofns) -> tuple[int, int, list[dict]]:
     for out in reader.process(path):
         outputs.append(out)
     staged = []
+    parse.start_bundle()
     for out in outputs:
         if getattr(out, "tag", None) == "errors":
             errors.append(out.value)
@@ -57,12 +58,14 @@ def score_file(path: str, fmt: str, dofns) -> tuple[int, int, list[dict]]:
             records = out.value[1]["records"]
         else:
             staged.extend(parse.process(out))
+    staged.extend(parse.finish_bundle())
     scored = []
     for out in staged:
+        value = getattr(out, "value", out)  # finish_bundle's outputs are windowed
         if getattr(out, "tag", None) == "errors":
-            errors.append(out.value)
+            errors.append(getattr(value, "value", value))
         else:
-            scored.extend(predict.process(out))
+            scored.extend(predict.process(value))
     scored.extend(wv.value if not hasattr(wv, "tag") else wv for wv in predict.finish_bundle())
     for out in scored:
         value = getattr(out, "value", out)

@@ -237,7 +237,11 @@ def csv_to_examples(batch: CsvBatch, spec: FeatureSpec, key_field: str | None,
 
 
 class ParseWithSpecDoFn(beam.DoFn):
-    """CsvBatch -> RecordBatch of serialized tf.Examples (+ 'errors'); RecordBatch as is."""
+    """CsvBatch -> RecordBatch of serialized tf.Examples (+ 'errors'); RecordBatch as is.
+
+    CSV batches are converted in a helper thread, one batch ahead: most of a conversion runs
+    in Arrow and numpy, which release the GIL, so batch k is converted while this thread
+    formats and writes the predictions of batch k-1. Outputs keep their order."""
 
     def __init__(self, spec: FeatureSpec, key_field: str | None, list_separator: str = "|"):
         self._spec = spec
@@ -245,13 +249,43 @@ class ParseWithSpecDoFn(beam.DoFn):
         self._sep = list_separator
 
     def setup(self):
+        from concurrent.futures import ThreadPoolExecutor
         self._errors = beam.metrics.Metrics.counter(NAMESPACE, "parse_errors")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="csv-parse")
+
+    def teardown(self):
+        if getattr(self, "_pool", None) is not None:
+            self._pool.shutdown(wait=True)
+
+    def start_bundle(self):
+        self._pending = None  # the future of the CSV batch being converted
 
     def process(self, batch):
         if isinstance(batch, RecordBatch):
+            if self._pending is not None:  # keep the order when formats are mixed
+                pending, self._pending = self._pending, None
+                yield from self._outputs(pending)
             yield batch
             return
-        records, errors = csv_to_examples(batch, self._spec, self._key_field, self._sep)
+        previous = self._pending
+        self._pending = self._pool.submit(csv_to_examples, batch, self._spec, self._key_field,
+                                          self._sep)
+        if previous is not None:
+            yield from self._outputs(previous)
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindows
+        if self._pending is None:
+            return
+        pending, self._pending = self._pending, None
+        for out in self._outputs(pending):
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
+            else:
+                yield GlobalWindows.windowed_value(out)
+
+    def _outputs(self, future):
+        records, errors = future.result()
         self._errors.inc(len(errors))
         for row in errors:
             yield beam.pvalue.TaggedOutput("errors", row)
