@@ -176,3 +176,94 @@ def test_blank_lines_inside_clean_blocks_keep_line_numbers():
         got = _outcome(batches, errors)
         assert got == _outcome([ref], ref_errors)
         assert got[39][1] == 2 + 39 + 3  # after three blank lines
+
+
+def test_parse_dofn_converts_one_batch_ahead_and_keeps_the_order():
+    """ParseWithSpecDoFn converts CSV batch k in its helper thread while batch k-1's outputs
+    go downstream: the outputs (records and error rows) come out in input order, the last
+    batch at finish_bundle, and a TFRecord batch never overtakes a pending CSV one."""
+    from apache_beam.pvalue import TaggedOutput
+    from transforms.parse import ParseWithSpecDoFn
+    from transforms.records import RecordBatch
+    rows = [f"r{i},{i / 4},{i},s{i % 3},{i}|{i + 1},e".encode() for i in range(60)]
+    rows[7] = b"r7,zz,1,a,,e"       # parse_error
+    rows[33] = b"r33,,1,a,,e"       # missing_feature (x is required)
+    blob = b"\n".join([HEADER] + rows) + b"\n"
+    batches, read_errors, _ = _blocks(blob, 256, batch_size=9)
+    assert len(batches) > 4 and not read_errors
+    tfrecord = RecordBatch("t.tfrecord", np.array([b"raw"], dtype=object),
+                           np.array([0], np.int64))
+    inputs = batches[:3] + [tfrecord] + batches[3:]
+
+    expected = []  # csv_to_examples on each batch, synchronously, in input order
+    for b in inputs:
+        if b is tfrecord:
+            expected.append(("records", "t.tfrecord", [0]))
+            continue
+        records, errors = csv_to_examples(b, SPEC, "id")
+        expected += [("error", e["index"], e["error_type"]) for e in errors]
+        if records is not None:
+            expected.append(("records", records.shard, records.indices.tolist(),
+                             [bytes(s) for s in records.serialized]))
+
+    dofn = ParseWithSpecDoFn(SPEC, "id")
+    dofn.setup()
+    dofn.start_bundle()
+    outputs, after_each = [], []
+    for b in inputs:
+        outputs += list(dofn.process(b))
+        after_each.append(len(outputs))
+    outputs += [o if isinstance(o, TaggedOutput) else o.value  # windowed at bundle end
+                for o in dofn.finish_bundle()]
+    dofn.teardown()
+    got = []
+    for o in outputs:
+        if getattr(o, "tag", None) == "errors":
+            row = getattr(o.value, "value", o.value)
+            got.append(("error", row["index"], row["error_type"]))
+        elif o.shard == "t.tfrecord":
+            got.append(("records", o.shard, o.indices.tolist()))
+        else:
+            got.append(("records", o.shard, o.indices.tolist(),
+                        [bytes(s) for s in o.serialized]))
+    assert got == expected
+    assert {e[2] for e in got if e[0] == "error"} == {"parse_error", "missing_feature"}
+    assert after_each[0] == 0  # the first CSV batch is still being converted
+    assert sum(len(o) for o in outputs if getattr(o, "tag", None) is None) == 60 - 2 + 1
+
+
+def test_read_ahead_keeps_order_and_hands_over_the_readers_error():
+    from transforms.read import ReadAhead
+
+    def reader():
+        yield from range(10)
+        raise OSError("stream broke")
+
+    ahead = ReadAhead(reader(), depth=2)
+    got = []
+    try:
+        for item in ahead:
+            got.append(item)
+    except OSError as e:
+        got.append(str(e))
+    ahead.close()
+    assert got == list(range(10)) + ["stream broke"]
+
+
+def test_read_ahead_close_stops_a_reader_that_is_not_done():
+    import itertools
+    import threading
+    from transforms.read import ReadAhead
+    produced = []
+
+    def endless():
+        for i in itertools.count():
+            produced.append(i)
+            yield i
+
+    ahead = ReadAhead(endless(), depth=2)
+    first = list(itertools.islice(iter(ahead), 3))
+    ahead.close()
+    assert first == [0, 1, 2]
+    assert not any(t.name == "read-ahead" and t.is_alive() for t in threading.enumerate())
+    assert len(produced) <= 3 + 2 + 1  # never more than `depth` (+ the one being put) ahead

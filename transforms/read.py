@@ -15,7 +15,9 @@ import csv
 import gzip
 import io
 import logging
+import queue
 import struct
+import threading
 import time
 import zlib
 from typing import Iterator
@@ -359,6 +361,56 @@ def iter_csv_blocks(stream, columns: list[str] | None = None, block_bytes: int =
                None)
 
 
+class ReadAhead:
+    """Runs a reading iterator in a helper thread, up to `depth` items ahead of its consumer.
+
+    Used for CSV: decompression and pyarrow's CSV parser release the GIL, so the next block is
+    read while the bundle thread converts, predicts and writes the previous one. (Not for
+    TFRecord: its framing loop is Python per record and would only contend for the GIL.) Items and the
+    iterator's exception (re-raised in the consumer) keep their order. `close()` stops the
+    thread and waits for it: call it before closing the stream the iterator reads."""
+
+    def __init__(self, items: Iterator, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(items,), daemon=True,
+                                        name="read-ahead")
+        self._thread.start()
+
+    def _put(self, entry) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, items: Iterator):
+        try:
+            for item in items:
+                if not self._put((True, item)):
+                    return
+        except BaseException as e:  # noqa: BLE001 -- handed to the consumer as it is
+            self._put((False, e))
+            return
+        self._put((False, None))
+
+    def __iter__(self):
+        while True:
+            ok, value = self._queue.get()
+            if ok:
+                yield value
+            elif value is None:
+                return
+            else:
+                raise value
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+
+
 def _csv_text(row: list[str]) -> str:
     out = io.StringIO()
     csv.writer(out, lineterminator="").writerow(row)
@@ -414,7 +466,7 @@ class ReadShardDoFn(beam.DoFn):
     def _read_csv(self, path, stream, stats):
         header, rows, indices, lines = None, [], [], []
         size = self._batch_size
-        items = iter_csv_blocks(stream, self._columns, self._csv_block_bytes)
+        items = ReadAhead(iter_csv_blocks(stream, self._columns, self._csv_block_bytes))
         try:
             for item in items:
                 kind = item[0]
@@ -454,6 +506,8 @@ class ReadShardDoFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("errors", error_row(
                 path, None, "unreadable_tail", f"cannot decompress the file ({e}); the remainder "
                 "of the file was not read", None))
+        finally:
+            items.close()
         if rows:
             yield CsvBatch(path, header, rows, np.array(indices), np.array(lines))
 
