@@ -2,8 +2,9 @@
 
 Sections (`--only`, default all):
   main          per model size x input format: (a) TF alone, (b) this pipeline per output
-                format, (c) Beam RunInference peer; ratios within each round, median (min–max)
-                over --repeats rounds
+                format, (c) Beam RunInference peer; ratios within each round against the
+                faster of two TF-alone runs bracketing it (rounds whose TF alone left a core
+                idle do not count for the target), median (min–max) over --repeats rounds
   scaling       records vs us/record and peak RSS (small model, TFRecord -> jsonl)
   startup       100-record input: process start -> first prediction, minus the TF import
   multiprocess  heavy model: one process vs --direct_num_workers=2 multi_processing vs one

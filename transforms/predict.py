@@ -4,9 +4,9 @@
 of a worker process uses the same copy. `process()` buffers the incoming record batches and
 starts a model call as soon as a full chunk is available, in a model thread, then finishes the
 previous chunk (error isolation, metrics, outputs) while that call runs: at most one chunk is
-in the model and less than one chunk waits in the buffer. With `concurrent_calls` N (for
-compute-bound models: N calls with a 1/N share of the cores each kept 2 cores busier than one
-call with both) up to N calls run at once, and chunks are still finished in order.
+in the model and less than one chunk waits in the buffer. With `concurrent_calls` N (opt-in,
+for compute-bound models; they share the process's TensorFlow pools) up to N calls run at
+once, and chunks are still finished in order.
 `finish_bundle()` scores the rest.
 Every model call is timed with an injectable clock.
 
