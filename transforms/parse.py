@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from transforms.examples import FeatureColumn, encode_examples
 from transforms.feature_spec import Feature, FeatureSpec
-from transforms.records import CsvBatch, RecordBatch, error_row
+from transforms.records import CsvBatch, RecordBatch, error_row, in_global_window
 from transforms.read import NAMESPACE
 
 _NP = {"float32": np.float32, "int64": np.int64}
@@ -274,15 +274,10 @@ class ParseWithSpecDoFn(beam.DoFn):
             yield from self._outputs(previous)
 
     def finish_bundle(self):
-        from apache_beam.transforms.window import GlobalWindows
         if self._pending is None:
             return
         pending, self._pending = self._pending, None
-        for out in self._outputs(pending):
-            if isinstance(out, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
-            else:
-                yield GlobalWindows.windowed_value(out)
+        yield from in_global_window(self._outputs(pending))
 
     def _outputs(self, future):
         records, errors = future.result()

@@ -31,11 +31,10 @@ from typing import Callable
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
 from transforms.feature_spec import FeatureSpec
-from transforms.records import Batch, RecordBatch, error_row
+from transforms.records import Batch, RecordBatch, error_row, in_global_window
 from transforms.metrics import ALL
 from transforms.read import NAMESPACE
 
@@ -313,11 +312,7 @@ class PredictDoFn(beam.DoFn):
         if self._buffered:
             outputs += list(self._submit(self._take(self._buffered)))
         outputs += list(self._drain())
-        for out in outputs:
-            if isinstance(out, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
-            else:
-                yield GlobalWindows.windowed_value(out)
+        yield from in_global_window(outputs)
 
     def _report_load(self):
         holder = self._holder

@@ -22,6 +22,7 @@ import pickle
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.transforms.window import GlobalWindows
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 
@@ -158,3 +159,13 @@ def error_row(shard: str, index: int | None, error_type: str, message: str,
     row.update({"error_type": error_type, "message": message})
     row.update(payload_field(payload))
     return row
+
+
+def in_global_window(outputs):
+    """A DoFn's outputs from finish_bundle, which must carry their window: each main output and
+    each TaggedOutput's value in the global window."""
+    for out in outputs:
+        if isinstance(out, beam.pvalue.TaggedOutput):
+            yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
+        else:
+            yield GlobalWindows.windowed_value(out)
