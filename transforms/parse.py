@@ -262,22 +262,22 @@ class ParseWithSpecDoFn(beam.DoFn):
 
     def process(self, batch):
         if isinstance(batch, RecordBatch):
-            if self._pending is not None:  # keep the order when formats are mixed
-                pending, self._pending = self._pending, None
-                yield from self._outputs(pending)
+            yield from self._flush()  # keep the order when formats are mixed
             yield batch
             return
-        previous = self._pending
+        previous = self._flush()
         self._pending = self._pool.submit(csv_to_examples, batch, self._spec, self._key_field,
                                           self._sep)
-        if previous is not None:
-            yield from self._outputs(previous)
+        yield from previous
 
     def finish_bundle(self):
-        if self._pending is None:
-            return
+        yield from in_global_window(self._flush())
+
+    def _flush(self):
+        """The outputs of the pending CSV batch (none if there is none); it is no longer
+        pending once this returns, before the outputs are iterated."""
         pending, self._pending = self._pending, None
-        yield from in_global_window(self._outputs(pending))
+        return self._outputs(pending) if pending is not None else iter(())
 
     def _outputs(self, future):
         records, errors = future.result()

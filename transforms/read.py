@@ -366,9 +366,9 @@ class ReadAhead:
 
     Used for CSV: decompression and pyarrow's CSV parser release the GIL, so the next block is
     read while the bundle thread converts, predicts and writes the previous one. (Not for
-    TFRecord: its framing loop is Python per record and would only contend for the GIL.) Items and the
-    iterator's exception (re-raised in the consumer) keep their order. `close()` stops the
-    thread and waits for it: call it before closing the stream the iterator reads."""
+    TFRecord: its framing loop is Python per record and would only contend for the GIL.)
+    Items and the iterator's exception (re-raised in the consumer) keep their order. `close()`
+    stops the thread and waits for it: call it before closing the stream the iterator reads."""
 
     def __init__(self, items: Iterator, depth: int = 2):
         self._queue: queue.Queue = queue.Queue(depth)
