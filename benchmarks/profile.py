@@ -164,7 +164,8 @@ def render(result: dict, title: str = "", top: int = 25) -> str:
         rows.append([stage, f"{n / rate:.2f}", share])
     out = [f"### {title}" if title else "",
            f"busiest thread {result['thread'][1]}: {result['total']} samples "
-           f"at {rate} Hz; '% of run' excludes the imports and the samples without Python frames (interpreter start and exit).", "",
+           f"at {rate} Hz; '% of run' excludes the imports and the samples without Python "
+           "frames (interpreter start and exit).", "",
            markdown_table(["stage", "seconds", "% of run"], rows), "",
            f"model call on other threads (a PredictDoFn that overlaps it): "
            f"{result.get('model_busy', 0) / rate:.2f} s", "",

@@ -13,7 +13,9 @@ a parallel map (column defaults from the demo spec; a required column has no def
 record at a time before batching (chosen against on that ground, not measured).
 
 Nothing is written: this is read -> parse -> predict only. Reported: `steady_eps` (after the
-first batch: the number compared against), and `e2e_eps` (from `tf.saved_model.load` on).
+first batch: the number compared against), and `e2e_eps` (from `tf.saved_model.load` on), both
+up to the last batch's outputs; the tf.data iterator's teardown after it is
+`iterator_teardown_s` (see `measure`).
 """
 from __future__ import annotations
 

@@ -3,8 +3,9 @@
 Everything the reader, the parser and the predictor report is keyed by shard *and* by the
 job-wide key `ALL`, and folded by one CombineFn per key (`ShardMetricsFn`), so a shard's row and
 the job's totals are computed the same way; `JobMetricsFn` runs them all in one global combine
-(events are per batch and per shard, a few per thousand records). Model-call latencies are kept whole (one float per call,
-a few hundred per million records), so percentiles are exact, not sketched.
+(events are per batch and per shard, a few per thousand records). Model-call latencies are
+kept whole (one float per call, a few hundred per million records), so percentiles are exact,
+not sketched.
 """
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
 """Writing predictions, error rows and metrics, and finalizing the output dir atomically.
 
 Everything is first written under a staging dir `OUTPUT/.tmp-RUN_ID/`, one file per bundle
-(`WriteStagedFilesDoFn`, fused with the steps before it). The last step, `Finalize`, runs once all writes are done
-(their file lists are its side inputs): it removes the previous run's outputs (only with
---overwrite), renames the staged files into place, then writes `_SUCCESS` if the error budget
-holds. A run that dies before that leaves only `.tmp-*` dirs, which nothing mistakes for output.
+(`WriteStagedFilesDoFn`, fused with the steps before it). The last step, `Finalize`, runs
+once all writes are done (their file lists are its side inputs): it removes the previous run's
+outputs (only with --overwrite), renames the staged files into place, then writes `_SUCCESS` if
+the error budget holds. A run that dies before that leaves only `.tmp-*` dirs, which nothing
+mistakes for output.
 
 Final layout:
     predictions-SSSSS-of-NNNNN.{jsonl,csv}     errors-SSSSS-of-NNNNN.jsonl
