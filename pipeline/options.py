@@ -90,7 +90,7 @@ class BatchPredictOptions(PipelineOptions):
             "--concurrent_model_calls", type=_positive_int, default=1,
             help="model calls in flight at once per worker process, sharing its TensorFlow "
                  "thread pools. 2 can help compute-bound models (several dense layers of 2048 "
-                 "on 2 cores: 1.04-1.08x end to end on an AMD EPYC host, 0.98-1.12x on an "
+                 "on 2 cores: 0.98-1.08x end to end on an AMD EPYC host, 0.98-1.12x on an "
                  "Intel Xeon one); whether it does "
                  "depends on the CPU and the run, so measure. Light models, bound by reading "
                  "and formatting, do not gain (0.91-0.98x)")
