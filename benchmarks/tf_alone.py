@@ -119,10 +119,11 @@ def measure(model_dir: str, files: list[str], fmt: str, mode: str, batch: int) -
             t_first, first_n = time.time(), n
     t_end = time.time()  # the last predictions are in hand
     cpu = cpu_seconds() - cpu0
-    # Deleting a tf.data iterator joins its threads; TF 2.21 sometimes sits idle here for as
-    # long as tf.data's autotuning loop sleeps (its period doubles as the run goes on: ~2 s
-    # after a 3 s run, ~14 s after a 27 s one, no CPU used). Nothing is predicted meanwhile,
-    # so it is timed apart, not counted against TF alone's throughput.
+    # Deleting a tf.data iterator waits for its background threads; TF 2.21 sometimes sits
+    # idle here, with no CPU used, for a time that grows with the run (~2 s after a 3 s run,
+    # ~14 s after a 27 s one: a sleeping thread whose period doubles, by the look of it
+    # tf.data's autotuning loop). Nothing is predicted meanwhile, so it is timed apart, not
+    # counted against TF alone's throughput.
     del batches
     teardown_s = time.time() - t_end
     steady_n = n - first_n

@@ -91,9 +91,9 @@ class BatchPredictOptions(PipelineOptions):
             help="model calls in flight at once per worker process, sharing its TensorFlow "
                  "thread pools. 2 can help compute-bound models (several dense layers of 2048 "
                  "on 2 cores: 0.98-1.08x end to end on an AMD EPYC host, 0.98-1.12x on an "
-                 "Intel Xeon one); whether it does "
-                 "depends on the CPU and the run, so measure. Light models, bound by reading "
-                 "and formatting, do not gain (0.91-0.98x)")
+                 "Intel Xeon one); whether it does depends on the CPU and the run, so "
+                 "measure. Light models, bound by reading and formatting, do not gain "
+                 "(0.91-0.98x)")
         parser.add_argument(
             "--tf_intra_op_threads", type=int, default=0,
             help="TensorFlow intra-op threads per worker process (0 = TensorFlow's default, "
