@@ -1,0 +1,44 @@
+"""The benchmark harness's own logic: TF alone counts every record and leaves tf.data's
+iterator teardown out of its clock; the reference and verdict rules; the scaling arithmetic."""
+import math
+
+from benchmarks import __main__ as bench
+from benchmarks import tf_alone
+
+
+def test_tf_alone_scores_every_record_of_both_formats(demo_model_dir, demo_data):
+    """1,500 fixture rows (one TFRecord shard gzip): every one is scored, in ceil(n/b) calls."""
+    for fmt in ("tfrecord", "csv"):
+        r = tf_alone.measure(demo_model_dir, sorted(demo_data[fmt]), fmt, "serialized", 256)
+        assert r["records"] == len(demo_data["rows"]) == 1500, fmt
+        # TFRecord: plain and gzip shards are two datasets concatenated (500 + 1000 records)
+        assert r["calls"] == (2 + 4 if fmt == "tfrecord" else math.ceil(1500 / 256)), fmt
+        assert r["iterator_teardown_s"] >= 0 and r["e2e_s"] > 0
+        assert r["steady_eps"] > 0 and r["cores_busy"] > 0
+
+
+def _run(eps, busy, cpu=10.0):
+    return {"steady_eps": eps, "cores_busy": busy, "cpu_us_per_record": cpu}
+
+
+def test_reference_is_the_faster_run_and_slowed_rounds_do_not_count():
+    before, after = _run(5_000, 1.0, cpu=12.0), _run(11_000, 1.9, cpu=11.0)
+    ref = bench.tf_reference(before, after)
+    assert ref["steady_eps"] == 11_000 and ref["cpu_us_per_record"] == 11.0
+    rounds = [{"tf": {"before": _run(11_000, 1.9), "after": _run(10_500, 1.8)}},
+              {"tf": {"before": _run(5_600, 1.0), "after": _run(5_700, 1.05)}},  # both slowed
+              {"tf": {"before": _run(5_600, 1.0), "after": _run(11_200, 1.85)}}]
+    assert bench.valid_rounds(rounds) == [True, False, True]
+
+
+def test_scaling_marginal_cost_is_the_difference_quotient():
+    recs = [{"rows": n, "run_s": s, "steady_eps": 1e6 / 5.5, "peak_rss_mb": rss,
+             "cpu_us_per_record": 9.0}
+            for n, s, rss in ((100_000, 1.4, 750.0), (500_000, 3.8, 758.0),
+                              (1_000_000, 6.8, 760.0))]
+    out = "\n".join(bench.scaling_table(recs))
+    # (3.8 - 1.4) s / 400k = 6.00 µs; (6.8 - 3.8) s / 500k = 6.00 µs
+    assert out.count("| 6.00 ") == 2
+    assert "marginal µs/record within 15% of each other (met: 6.00–6.00)" in out
+    assert "e2e µs/record within 15% from 100,000 to 1,000,000 (NOT met" in out
+    assert "peak RSS growth < 20% (met)" in out
