@@ -281,15 +281,13 @@ class PredictDoFn(beam.DoFn):
             tf.function did the same work but cost ~0.1 s of tracing on every worker's first
             call, with the model waiting."""
             sparse = tf.io.parse_example(serialized, feature)[cfg.key_field]
-            rows = sparse.indices.numpy()[:, 0]
-            values = sparse.values.numpy()
-            first = np.ones(len(rows), bool)  # indices are sorted by row, then position
-            first[1:] = rows[1:] != rows[:-1]
+            # rows that hold the key, and where each row's first value is
+            rows, first = np.unique(sparse.indices.numpy()[:, 0], return_index=True)
             has_key = np.zeros(len(serialized), bool)
             has_key[rows] = True
             keys = np.full(len(serialized), b"", object) if dtype == tf.string else \
                 np.zeros(len(serialized), dtype.as_numpy_dtype)
-            keys[rows[first]] = values[first]
+            keys[rows] = sparse.values.numpy()[first]
             return keys, has_key
         return parse_keys
 
