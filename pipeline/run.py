@@ -19,6 +19,7 @@ from pipeline.dataflow import (RunnerOptionsError, builds_job_only, is_dataflow,
                                prepare_dataflow_options)
 from pipeline.options import BatchPredictOptions
 from pipeline.provenance import run_provenance
+from transforms.predict import loading_phase
 
 _LOG = logging.getLogger("batch_predict")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR_BUDGET = 0, 1, 2, 3
@@ -53,10 +54,11 @@ def run(argv: list[str] | None = None, **inject) -> tuple[beam.runners.runner.Pi
     `inject` goes to build_pipeline (tests: clock, predict_dofn)."""
     options = PipelineOptions(argv)
     prepare_dataflow_options(options)  # fail fast, before the model is staged
-    plan = plan_job(options.view_as(BatchPredictOptions))
-    plan.run_info.update(run_provenance(options, plan.files))
-    p = make_pipeline(options)
-    build_pipeline(p, plan, **inject)
+    with loading_phase():  # TensorFlow's import and the model load: no GC passes over them
+        plan = plan_job(options.view_as(BatchPredictOptions))
+        plan.run_info.update(run_provenance(options, plan.files))
+        p = make_pipeline(options)
+        build_pipeline(p, plan, **inject)
     result = p.run()
     result.wait_until_finish()
     return result, plan

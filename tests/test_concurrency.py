@@ -40,6 +40,17 @@ class OverlapProbe(PredictDoFn):
                 cls.active -= 1
 
 
+class HeapProbe(PredictDoFn):
+    """Notes, once the DoFn is set up, whether the heap is frozen and the model is in it."""
+    seen: dict = {}
+
+    def setup(self):
+        import gc
+        super().setup()
+        HeapProbe.seen["frozen"] = predict._heap_frozen and gc.get_freeze_count()
+        HeapProbe.seen["model_tracked"] = any(o is self._holder for o in gc.get_objects())
+
+
 def _options(*flags) -> BatchPredictOptions:
     return PipelineOptions(["--model", "m", "--input", "i", "--output", "o", *flags]
                            ).view_as(BatchPredictOptions)
@@ -143,3 +154,46 @@ def test_quick_exit_flushes_and_keeps_the_exit_code(tail, code):
     assert done.returncode == code
     assert done.stdout == "buffered output"  # flushed; the later-registered hooks never ran
     assert "logged" in done.stderr
+
+
+@pytest.fixture
+def unfrozen_heap(monkeypatch):
+    """This process as if no job had frozen its heap yet; gc left as it was found."""
+    import gc
+    monkeypatch.setattr(predict, "_heap_frozen", False)
+    was_enabled = gc.isenabled()
+    gc.unfreeze()
+    yield gc
+    gc.unfreeze()
+    (gc.enable if was_enabled else gc.disable)()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_loading_phase_pauses_the_collector_then_freezes_what_it_made_once(unfrozen_heap,
+                                                                           enabled):
+    gc = unfrozen_heap
+    (gc.enable if enabled else gc.disable)()
+    assert gc.get_freeze_count() == 0
+    with predict.loading_phase():
+        assert not gc.isenabled()
+        made = [[i] for i in range(5000)]  # lists: objects the cyclic collector tracks
+    assert gc.isenabled() is enabled  # the caller's setting comes back
+    assert gc.get_freeze_count() >= len(made)
+    assert not any(o is made[0] for o in gc.get_objects())  # out of the collector's reach
+    frozen = gc.get_freeze_count()
+    with predict.loading_phase():  # once per process: a second block changes nothing
+        assert gc.isenabled() is enabled
+        later = [[i] for i in range(100)]
+    assert gc.get_freeze_count() == frozen
+    assert any(o is later[0] for o in gc.get_objects())
+
+
+def test_a_job_run_freezes_the_loaded_model_before_scoring(tmp_path, demo_model_base,
+                                                          unfrozen_heap):
+    demo.write_demo_data(str(tmp_path / "data"), rows=20, shards=1)
+    HeapProbe.seen.clear()
+    run(["--model", demo_model_base, "--input", str(tmp_path / "data" / "*.csv"),
+         "--output", str(tmp_path / "out")], predict_dofn=HeapProbe)
+    assert HeapProbe.seen["frozen"] > 100_000  # TensorFlow, Beam and the model, by run()
+    assert HeapProbe.seen["model_tracked"] is False
+    assert read_summary(str(tmp_path / "out"))["predicted"] == 20
