@@ -6,7 +6,8 @@ Sections (`--only`, default all):
                 faster of two TF-alone runs bracketing it (rounds whose TF alone left a core
                 idle do not count for the target), median (min–max) over --repeats rounds
   scaling       records vs us/record and peak RSS (small model, TFRecord -> jsonl)
-  startup       100-record input: process start -> first prediction, minus the TF import
+  startup       100-record input: process start -> first prediction, minus the TF import;
+                and `python -m pipeline` itself from spawn to exit
   multiprocess  heavy model: one process vs --direct_num_workers=2 multi_processing vs one
                 process with --concurrent_model_calls 2, each with TF's own thread pools and
                 with 1 intra-op thread, at each of --mp_rows (worker start-up is paid once
@@ -158,6 +159,19 @@ class Bench:
         finally:
             self._done(out)
 
+    def cli(self, model, pattern, out_fmt, label="cli"):
+        """`python -m pipeline` itself, spawn to exit (benchmarks.cli_child)."""
+        name = self._name(f"{label}-cli-{out_fmt}")
+        out = self._out(name)
+        try:
+            return run_child("benchmarks.cli_child",
+                             ["--", "--model", model, "--input", pattern, "--output", out,
+                              "--key_field", "id", "--output_format", out_fmt]
+                             + self.args.pipeline_args.split(),
+                             os.path.join(self.work, "logs"), name)
+        finally:
+            self._done(out)
+
     def peer(self, model, pattern, in_fmt, out_fmt):
         name = self._name(f"ri-{in_fmt}-{out_fmt}")
         out = self._out(name)
@@ -250,6 +264,7 @@ class Bench:
             log(f"start-up, 100 records (round {rnd + 1}/{a.startup_repeats})")
             r = self.pipeline(self.model("small"), pat, "jsonl", label="startup")
             r["round"] = rnd
+            r["cli"] = self.cli(self.model("small"), pat, "jsonl", label="startup")
             self.results["startup"].append(r)
             self.save()
 
@@ -570,6 +585,12 @@ def startup_table(recs) -> list[str]:
             ("run() total (100 records)", "run_s"),
             ("process wall total", "process_wall_s")]
     rows = [[label, span([r.get(k) for r in recs]) + " s"] for label, k in keys]
+    clis = [r["cli"] for r in recs if r.get("cli")]
+    if clis:  # older results have no CLI runs
+        rows += [["`python -m pipeline` (imports where the CLI does): spawn → exit",
+                  span([c.get("process_wall_s") for c in clis]) + " s"],
+                 ["  of which interpreter exit after main() returned",
+                  span([c["process_wall_s"] - c["main_returned_s"] for c in clis]) + " s"]]
     st = med([r.get("startup_s") for r in recs])
     return ["## Start-up (100-record TFRecord input, small model)", "",
             markdown_table(["", "median (min–max)"], rows), "",

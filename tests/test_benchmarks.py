@@ -42,3 +42,21 @@ def test_scaling_marginal_cost_is_the_difference_quotient():
     assert "marginal µs/record within 15% of each other (met: 6.00–6.00)" in out
     assert "e2e µs/record within 15% from 100,000 to 1,000,000 (NOT met" in out
     assert "peak RSS growth < 20% (met)" in out
+
+
+def test_cli_child_runs_the_command_line_job_and_times_its_exit_apart(tmp_path, demo_model_base,
+                                                                      demo_data):
+    from benchmarks.common import fmt, run_child
+    from pipeline.run import read_summary
+    out = str(tmp_path / "out")
+    r = run_child("benchmarks.cli_child",
+                  ["--", "--model", demo_model_base, "--input", demo_data["dir"] + "/*.csv",
+                   "--output", out], str(tmp_path / "logs"), "cli")
+    assert r["exit_code"] == 0
+    assert 0 < r["main_returned_s"] < r["process_wall_s"]
+    assert read_summary(out)["predicted"] == len(demo_data["rows"]) == 1500
+    startup = {"first_pred_s": 3.0, "tf_import_s": 2.0, "startup_s": 1.0, "cli": r}
+    table = "\n".join(bench.startup_table([startup]))
+    assert "spawn → exit" in table
+    exit_row = next(line for line in table.splitlines() if "interpreter exit" in line)
+    assert f"| {fmt(r['process_wall_s'] - r['main_returned_s'])} s" in exit_row
