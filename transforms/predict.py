@@ -57,8 +57,11 @@ def loading_phase():
     interpreter exit spent ~1.2 s in a last pass. So the collector is paused inside the block,
     and on leaving it every object alive is frozen (`gc.freeze`): later passes only walk what
     the run creates. Frozen objects are still freed by reference counting; only reference
-    cycles among them are never collected. Once per process: a later block (a process that runs
-    several jobs, or a second DoFn instance) changes nothing, so later garbage is never frozen.
+    cycles among them are never collected: in a process that runs several jobs (`python -m jobs
+    run --backfill`, the tests) the first job's model stays in memory until the process ends
+    (a full collection freed it before this; later jobs' models are collected as before).
+    Once per process: a later block (a later job, a second DoFn instance) changes
+    nothing, so later garbage is never frozen.
     """
     global _heap_frozen
     if _heap_frozen:
