@@ -6,8 +6,11 @@ failed while running.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import logging
+import os
+import re
 import sys
 
 import apache_beam as beam
@@ -84,11 +87,41 @@ def format_summary(s: dict, output_dir: str) -> str:
     return "\n".join(lines)
 
 
+# Local multi_processing workers send their log lines to the launcher, which logs each one on
+# this logger as 'Worker: <the LogEntry proto as text>'.
+WORKER_LOGGER = "apache_beam.runners.portability.local_job_service"
+_OWN_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OWN_DIRS = tuple(os.path.join(_OWN_ROOT, d) + os.sep for d in ("pipeline", "transforms", "jobs"))
+
+
+class WorkerLogFilter(logging.Filter):
+    """Shows what local worker processes log about the job, like the single process does.
+
+    This package's own lines (model loads, reads, progress, finalize) keep their level and
+    module and read `worker: <message>`; Beam's own worker lines (channels, harness start) are
+    dropped below WARNING, as Beam's launcher lines are."""
+    _ENTRY = re.compile(r'message: "((?:[^"\\]|\\.)*)".*?log_location: "([^":]*)', re.S)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        match = (self._ENTRY.search(record.getMessage())
+                 if str(record.msg).startswith("Worker:") else None)
+        if match is None or not match.group(2).startswith(_OWN_DIRS):
+            return record.levelno >= logging.WARNING
+        text = codecs.escape_decode(match.group(1).encode("utf-8"))[0].decode("utf-8", "replace")
+        module = os.path.splitext(os.path.relpath(match.group(2), _OWN_ROOT))[0]
+        record.name, record.msg, record.args = module.replace(os.sep, "."), "worker: %s", (text,)
+        return True
+
+
 def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("apache_beam", "absl", "tensorflow", "google", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    workers = logging.getLogger(WORKER_LOGGER)
+    workers.setLevel(logging.INFO)
+    if not any(isinstance(f, WorkerLogFilter) for f in workers.filters):
+        workers.addFilter(WorkerLogFilter())
 
 
 def main(argv: list[str] | None = None) -> int:

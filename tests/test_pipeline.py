@@ -197,6 +197,57 @@ def test_multiprocess_run_loads_the_model_once_per_process(tmp_path, demo_model_
     assert os.getpid() not in pids  # workers are separate processes
 
 
+def _worker_record(message: str, location: str, severity: str = "INFO"):
+    """A worker's log line as the launcher receives it (Beam's local_job_service Logging)."""
+    import logging
+    from apache_beam.portability.api import beam_fn_api_pb2
+    from pipeline.run import WORKER_LOGGER
+    entry = beam_fn_api_pb2.LogEntry(
+        severity=getattr(beam_fn_api_pb2.LogEntry.Severity.Enum, severity), message=message,
+        log_location=location, thread="Thread-13", instruction_id="bundle_3")
+    level = {"INFO": logging.INFO, "WARN": logging.WARNING}[severity]
+    return logging.LogRecord(WORKER_LOGGER, level, __file__, 1, "Worker: %s",
+                             (str(entry).replace("\n", " "),), None)
+
+
+def test_worker_log_lines_of_this_package_are_shown_as_its_own():
+    import apache_beam
+    import transforms
+    from pipeline.run import WorkerLogFilter
+    keep = WorkerLogFilter().filter
+    ours = os.path.join(os.path.dirname(transforms.__file__), "read.py")
+    text = 'read /d/caf\u00e9 "2026-11-22"/part-0.csv: 25 records\tin 0.0s\n'
+    record = _worker_record(text, ours + ":437")
+    assert keep(record)
+    assert record.name == "transforms.read" and record.levelname == "INFO"
+    assert record.getMessage() == "worker: " + text  # quotes, tab, newline, non-ASCII intact
+    beams = os.path.join(os.path.dirname(apache_beam.__file__), "runners", "worker",
+                         "sdk_worker.py")
+    assert not keep(_worker_record("Control channel established.", beams + ":192"))
+    warning = _worker_record("No semi_persistent_directory found", beams + ":140", "WARN")
+    assert keep(warning) and warning.getMessage().startswith("Worker: ")  # as Beam logs it
+
+
+@pytest.mark.slow
+def test_cli_shows_what_local_worker_processes_log(tmp_path, demo_model_base, demo_data):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--model", demo_model_base, "--input",
+         os.path.join(demo_data["dir"], "*.tfrecord*"), "--output", str(tmp_path / "out"),
+         "--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pids = {row["pid"] for row in read_jsonl(str(tmp_path / "out" / "metrics" /
+                                                 "model_loads-*.jsonl"))}
+    # every worker's model load, as the single process logs its own
+    assert proc.stderr.count("INFO transforms.predict: worker: loaded model") == len(pids) > 0
+    assert all(f"in process {pid} in " in proc.stderr for pid in pids)
+    for shard in demo_data["tfrecord"]:
+        assert f"INFO transforms.read: worker: read {shard}: start" in proc.stderr
+    assert "worker: finalize: " in proc.stderr
+    assert "Control channel established" not in proc.stderr  # Beam's own worker chatter
+
+
 def test_demo_job_runs_from_the_command_line(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run([sys.executable, "-m", "pipeline", "demo", "--workdir",
