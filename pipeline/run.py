@@ -99,12 +99,19 @@ class WorkerLogFilter(logging.Filter):
 
     This package's own lines (model loads, reads, progress, finalize) keep their level and
     module and read `worker: <message>`; Beam's own worker lines (channels, harness start) are
-    dropped below WARNING, as Beam's launcher lines are."""
+    dropped below WARNING, as Beam's launcher lines are. So is the warning every local worker
+    gives that it has no main session to load (it has no semi_persistent_directory): this job
+    pickles no main session and registers no schemas, so it says nothing to the operator."""
     _ENTRY = re.compile(r'message: "((?:[^"\\]|\\.)*)".*?log_location: "([^":]*)', re.S)
+    _SAID_NOTHING = ('message: "No semi_persistent_directory found:',)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        match = (self._ENTRY.search(record.getMessage())
-                 if str(record.msg).startswith("Worker:") else None)
+        text = record.getMessage()
+        if not str(record.msg).startswith("Worker:"):
+            return record.levelno >= logging.WARNING
+        if any(s in text for s in self._SAID_NOTHING):
+            return False
+        match = self._ENTRY.search(text)
         if match is None or not match.group(2).startswith(_OWN_DIRS):
             return record.levelno >= logging.WARNING
         text = codecs.escape_decode(match.group(1).encode("utf-8"))[0].decode("utf-8", "replace")

@@ -224,8 +224,12 @@ def test_worker_log_lines_of_this_package_are_shown_as_its_own():
     beams = os.path.join(os.path.dirname(apache_beam.__file__), "runners", "worker",
                          "sdk_worker.py")
     assert not keep(_worker_record("Control channel established.", beams + ":192"))
-    warning = _worker_record("No semi_persistent_directory found", beams + ":140", "WARN")
+    warning = _worker_record("Bundle processing is slow", beams + ":140", "WARN")
     assert keep(warning) and warning.getMessage().startswith("Worker: ")  # as Beam logs it
+    main_session = os.path.join(os.path.dirname(beams), "sdk_worker_main.py") + ":421"
+    assert not keep(_worker_record("No semi_persistent_directory found:  User registered "
+                                   "objects (e.g. schema, logical type) through registeries "
+                                   "may not be effective", main_session, "WARN"))
 
 
 @pytest.mark.slow
@@ -246,6 +250,7 @@ def test_cli_shows_what_local_worker_processes_log(tmp_path, demo_model_base, de
         assert f"INFO transforms.read: worker: read {shard}: start" in proc.stderr
     assert "worker: finalize: " in proc.stderr
     assert "Control channel established" not in proc.stderr  # Beam's own worker chatter
+    assert "semi_persistent_directory" not in proc.stderr
 
 
 def test_demo_job_runs_from_the_command_line(tmp_path):
