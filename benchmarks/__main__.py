@@ -147,28 +147,17 @@ class Bench:
                           "--mode", self.args.tf_mode],
                          os.path.join(self.work, "logs"), self._name(f"tf-{fmt_}"))
 
-    def pipeline(self, model, pattern, out_fmt, extra=(), label="pipe"):
+    def pipeline(self, model, pattern, out_fmt, extra=(), label="pipe",
+                 child="benchmarks.pipeline_child"):
+        """One job in a fresh process; `child` benchmarks.cli_child runs `python -m pipeline`
+        itself, timed spawn to exit."""
         name = self._name(f"{label}-{out_fmt}")
         out = self._out(name)
         argv = ["--", "--model", model, "--input", pattern, "--output", out,
                 "--key_field", "id", "--output_format", out_fmt] + list(extra) + \
             self.args.pipeline_args.split()
         try:
-            return run_child("benchmarks.pipeline_child", argv,
-                             os.path.join(self.work, "logs"), name)
-        finally:
-            self._done(out)
-
-    def cli(self, model, pattern, out_fmt, label="cli"):
-        """`python -m pipeline` itself, spawn to exit (benchmarks.cli_child)."""
-        name = self._name(f"{label}-cli-{out_fmt}")
-        out = self._out(name)
-        try:
-            return run_child("benchmarks.cli_child",
-                             ["--", "--model", model, "--input", pattern, "--output", out,
-                              "--key_field", "id", "--output_format", out_fmt]
-                             + self.args.pipeline_args.split(),
-                             os.path.join(self.work, "logs"), name)
+            return run_child(child, argv, os.path.join(self.work, "logs"), name)
         finally:
             self._done(out)
 
@@ -264,7 +253,8 @@ class Bench:
             log(f"start-up, 100 records (round {rnd + 1}/{a.startup_repeats})")
             r = self.pipeline(self.model("small"), pat, "jsonl", label="startup")
             r["round"] = rnd
-            r["cli"] = self.cli(self.model("small"), pat, "jsonl", label="startup")
+            r["cli"] = self.pipeline(self.model("small"), pat, "jsonl", label="startup",
+                                     child="benchmarks.cli_child")
             self.results["startup"].append(r)
             self.save()
 

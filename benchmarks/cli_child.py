@@ -12,7 +12,6 @@ import time
 T_START = time.time()
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 
 
@@ -28,9 +27,9 @@ def main(argv=None) -> int:
     sys.argv = ["pipeline"] + pargs
     code = cli.main()
     returned = time.time() - spawned
-    with open(args.result, "w") as fh:  # benchmarks.common imports nothing heavy, but skip it
-        json.dump({"kind": "cli", "argv": pargs, "exit_code": code,
-                   "main_returned_s": round(returned, 3)}, fh)
+    from benchmarks.common import write_result
+    write_result(args.result, {"kind": "cli", "argv": pargs, "exit_code": code,
+                               "main_returned_s": round(returned, 3)})
     return code
 
 

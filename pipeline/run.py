@@ -103,15 +103,13 @@ class WorkerLogFilter(logging.Filter):
     gives that it has no main session to load (it has no semi_persistent_directory): this job
     pickles no main session and registers no schemas, so it says nothing to the operator."""
     _ENTRY = re.compile(r'message: "((?:[^"\\]|\\.)*)".*?log_location: "([^":]*)', re.S)
-    _SAID_NOTHING = ('message: "No semi_persistent_directory found:',)
+    _NO_MAIN_SESSION = 'message: "No semi_persistent_directory found:'
 
     def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        if not str(record.msg).startswith("Worker:"):
-            return record.levelno >= logging.WARNING
-        if any(s in text for s in self._SAID_NOTHING):
+        entry = record.getMessage() if str(record.msg).startswith("Worker:") else ""
+        if self._NO_MAIN_SESSION in entry:
             return False
-        match = self._ENTRY.search(text)
+        match = self._ENTRY.search(entry)
         if match is None or not match.group(2).startswith(_OWN_DIRS):
             return record.levelno >= logging.WARNING
         text = codecs.escape_decode(match.group(1).encode("utf-8"))[0].decode("utf-8", "replace")
