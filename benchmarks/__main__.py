@@ -546,21 +546,14 @@ def scaling_table(recs) -> list[str]:
                      f"{100 * (med(us) / base_us - 1):+.0f}%", step, span(cpu), span(st),
                      span(rss), f"{100 * (med(rss) / base_rss - 1):+.0f}%"])
     fit = linear_fit([(x["rows"], x["run_s"]) for x in recs])
-    if fit is not None:  # the cost of a record with the fitted fixed cost taken out, per size
-        nets = [(med([x["run_s"] for x in by[n]]) - fit[0]) / n * 1e6 for n in sizes]
-        for row, net in zip(rows, nets):
-            row.insert(5, f"{net:.2f}")
     last = by[sizes[-1]]
     out = ["## Scaling (small model, TFRecord -> jsonl)", "",
            "marginal = (run() s − run() s of the previous size) / records added: the cost of "
            "each further record, with the fixed start-up (plan, model load, graph) taken out.",
-           "net = (run() s − F) / records, with F the fixed cost of a least-squares line "
-           "run() s = F + c · records through every run: the same, from one size's own runs.",
            "",
            markdown_table(["records", "run() s", "µs/record e2e", "vs first",
-                           "marginal µs/record"] + (["net µs/record"] if fit else []) +
-                          ["CPU µs/record", "µs/record steady", "peak RSS MB", "vs first"],
-                          rows), ""]
+                           "marginal µs/record", "CPU µs/record", "µs/record steady",
+                           "peak RSS MB", "vs first"], rows), ""]
     if marginals:
         e2e_last = med([x["run_s"] for x in last]) / sizes[-1] * 1e6
         e2e_ok = abs(e2e_last / base_us - 1) <= 0.15
@@ -580,10 +573,8 @@ def scaling_table(recs) -> list[str]:
         n0, n1 = sizes[0], sizes[-1]
         # e2e within 15%: F/n0 + c <= 1.15 (F/n1 + c), i.e. F <= 0.15 c / (1/n0 - 1.15/n1)
         bound = 0.15 * per_record / (1 / n0 - 1.15 / n1) if 1 / n0 > 1.15 / n1 else None
-        spread = max(nets) / min(nets) - 1 if min(nets) > 0 else float("inf")
-        out += [f"Least-squares line over {len(recs)} runs: run() s = {fixed:.3f} s + "
-                f"{per_record * 1e6:.2f} µs × records. Net µs/record within 15% of each other "
-                f"({'met' if spread <= 0.15 else 'NOT met'}: {min(nets):.2f}–{max(nets):.2f})."
+        out += [f"Least-squares line over {len(recs)} runs: run() s = F + c × records with "
+                f"F = {fixed:.3f} s, c = {per_record * 1e6:.2f} µs."
                 + (f" For e2e µs/record to stay within 15% from {n0:,} to {n1:,} at this c, "
                    f"the fixed cost F would have to be at most {bound:.3f} s." if bound else ""),
                 ""]
