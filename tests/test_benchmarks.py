@@ -2,7 +2,10 @@
 iterator teardown out of its clock; the reference and verdict rules; the scaling arithmetic."""
 import math
 
+import pytest
+
 from benchmarks import __main__ as bench
+from benchmarks.common import REPO
 from benchmarks import tf_alone
 
 
@@ -82,3 +85,32 @@ def test_cli_child_runs_the_command_line_job_and_times_its_exit_apart(tmp_path, 
     assert "spawn → exit" in table
     exit_row = next(line for line in table.splitlines() if "interpreter exit" in line)
     assert f"| {fmt(r['process_wall_s'] - r['main_returned_s'])} s" in exit_row
+
+
+@pytest.mark.slow
+def test_one_command_runs_tf_alone_the_pipeline_and_the_peer_on_the_same_records(tmp_path):
+    """`python -m benchmarks` end to end at a tiny size: every child of the main section
+    (TF alone before and after, the pipeline, the RunInference peer) scores all 3,000 records
+    of both input formats, and the report has a row for each."""
+    import json
+    import subprocess
+    import sys
+    rows = 3000
+    work = tmp_path / "work"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--code", "worktree", "--only", "main",
+         "--models", "small", "--formats", "tfrecord,csv", "--output_formats", "jsonl",
+         "--rows", str(rows), "--repeats", "1", "--data_dir", str(tmp_path / "data"),
+         "--work_dir", str(work)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((work / "results.json").read_text())
+    assert sorted(r["format"] for r in results["main"]) == ["csv", "tfrecord"]
+    for rec in results["main"]:
+        assert rec["tf"]["before"]["records"] == rec["tf"]["after"]["records"] == rows
+        assert rec["pipeline"]["jsonl"]["records"] == rows, rec["format"]
+        assert rec["pipeline"]["jsonl"]["errors"] == 0
+        assert rec["peer"]["jsonl"]["records"] == rows, rec["format"]
+    report = (work / "report.md").read_text()
+    assert report.strip() in proc.stdout  # what is printed is what is kept
+    for fmt_ in ("tfrecord", "csv     "):
+        assert f"| small | {fmt_} | jsonl  | {rows:,}" in report
