@@ -71,7 +71,9 @@ def parse_args(argv):
                         "--output_formats; its cost is per element either way)")
     p.add_argument("--scaling", help="record counts for the scaling series, comma-separated "
                                      f"(default {DEFAULTS['scaling']}); 'off' to skip")
-    p.add_argument("--scaling_repeats", type=int, default=1)
+    p.add_argument("--scaling_repeats", type=int, default=None,
+                   help="rounds of the scaling series (default: --repeats; its least-squares "
+                        "line needs more than one run per size to pin the fixed cost)")
     p.add_argument("--startup_repeats", type=int, default=None, help="default: --repeats")
     p.add_argument("--only", default=",".join(SECTIONS), help="sections to run")
     p.add_argument("--mp_models", default="heavy",
@@ -112,6 +114,7 @@ def parse_args(argv):
         [bdata.scaling_rows(int(x)) for x in args.scaling.split(",")]
     args.only = [s for s in args.only.split(",") if s]
     args.startup_repeats = args.startup_repeats or args.repeats
+    args.scaling_repeats = args.scaling_repeats or args.repeats
     args.work_dir = args.work_dir or tempfile.mkdtemp(prefix="batch-predict-bench-")
     return args
 
