@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -587,13 +588,10 @@ def scaling_table(recs) -> list[str]:
 def linear_fit(points: list[tuple[float, float]]) -> tuple[float, float] | None:
     """Least squares y = a + b·x over (x, y) points: (a, b); None without two distinct x."""
     points = [(x, y) for x, y in points if y is not None]
-    xs = [x for x, _ in points]
-    if len(set(xs)) < 2:
+    if len({x for x, _ in points}) < 2:
         return None
-    mx = sum(xs) / len(xs)
-    my = sum(y for _, y in points) / len(points)
-    b = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x in xs)
-    return my - b * mx, b
+    slope, intercept = statistics.linear_regression(*zip(*points))
+    return intercept, slope
 
 
 def startup_table(recs) -> list[str]:

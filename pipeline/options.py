@@ -90,10 +90,10 @@ class BatchPredictOptions(PipelineOptions):
             "--concurrent_model_calls", type=_positive_int, default=1,
             help="model calls in flight at once per worker process, sharing its TensorFlow "
                  "thread pools. 2 can help compute-bound models (several dense layers of 2048 "
-                 "on 2 cores: 0.98-1.08x end to end on an AMD EPYC host, 0.98-1.12x on an "
+                 "on 2 cores: 1.02-1.11x end to end on an AMD EPYC host, 0.98-1.12x on an "
                  "Intel Xeon one); whether it does depends on the CPU and the run, so "
-                 "measure. Light models, bound by reading and formatting, do not gain "
-                 "(0.91-0.98x)")
+                 "measure. Light models, bound by reading and formatting, gain little or "
+                 "lose (about even on the AMD host, 0.91-0.98x on the Intel one)")
         parser.add_argument(
             "--tf_intra_op_threads", type=int, default=0,
             help="TensorFlow intra-op threads per worker process (0 = TensorFlow's default, "
