@@ -5,13 +5,16 @@ Sections (`--only`, default all):
                 format, (c) Beam RunInference peer; ratios within each round against the
                 faster of two TF-alone runs bracketing it (rounds whose TF alone left a core
                 idle do not count for the target), median (min–max) over --repeats rounds
-  scaling       records vs us/record and peak RSS (small model, TFRecord -> jsonl)
+  scaling       records vs us/record and peak RSS (small model, TFRecord -> jsonl), a
+                least-squares line through every run, and Beam's own smallest jobs
+                (benchmarks.beam_floor) against the fixed cost that line allows
   startup       100-record input: process start -> first prediction, minus the TF import;
                 and `python -m pipeline` itself from spawn to exit
   multiprocess  heavy model: one process vs --direct_num_workers=2 multi_processing vs one
                 process with --concurrent_model_calls 2, each with TF's own thread pools and
                 with 1 intra-op thread, at each of --mp_rows (worker start-up is paid once
-                per worker: it needs inputs to amortise)
+                per worker: it needs inputs to amortise); over several sizes each variant's
+                start-up and per-record cost are fitted apart, with the break-even size
   batch         --batch_size sweep (small TFRecord/CSV, heavy TFRecord): e2e examples/s per
                 batch size, relative to the default within each round
 
@@ -42,12 +45,13 @@ SECTIONS = ("main", "scaling", "startup", "multiprocess", "batch")
 # ex/s TFRecord, ~230k CSV; heavy ~11k), so the main table measures throughput; the ~1 s a job
 # spends before its first prediction has its own section (startup). At 300k / 30k (the
 # defaults until 2026-12-01) a run lasts 1.5-3 s on that host and that fixed cost dominates.
-# Multi-process at 120k and 480k: the workers' start-up (~3.5 s) needs input to amortise.
+# Multi-process at 120k and 480k: the workers' start-up (~3.5-4.5 s) needs input to amortise;
+# at 100 records a run is almost all start-up, which pins each variant's fixed cost F.
 DEFAULTS = {"rows": 1_000_000, "heavy_rows": 120_000, "repeats": 3,
             "scaling": "100000,500000,1000000,2000000", "output_formats": "jsonl,csv",
-            "mp_rows": "120000,480000", "batch_sizes": "1024,2048,4096,8192,16384,auto"}
+            "mp_rows": "100,120000,480000", "batch_sizes": "1024,2048,4096,8192,16384,auto"}
 QUICK = {"rows": 100_000, "heavy_rows": 10_000, "repeats": 1,
-         "scaling": "50000,200000", "output_formats": "jsonl", "mp_rows": "10000",
+         "scaling": "50000,200000", "output_formats": "jsonl", "mp_rows": "100,10000",
          "batch_sizes": "2048,8192"}
 TARGETS = {"small": 0.50, "heavy": 0.90}
 MP_ARGS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
@@ -248,8 +252,6 @@ class Bench:
                 r = self.pipeline(self.model("small"), pat, "jsonl", label=f"scale{rows}")
                 r["rows"] = rows
                 r["round"] = rnd
-                # TF alone on the same input, timed the same way (model load to last output)
-                r["tf"] = self.tf_alone(self.model("small"), pat, "tfrecord")
                 self.results["scaling"].append(r)
                 self.save()
             log(f"scaling: Beam's own fixed cost per job (round {rnd + 1}/{a.scaling_repeats})")
@@ -537,10 +539,8 @@ def scaling_table(recs, floors=None) -> list[str]:
     for r in recs:
         by.setdefault(r["rows"], []).append(r)
     sizes = sorted(by)
-    tf_us = {n: [x["tf"]["e2e_s"] / n * 1e6 for x in by[n] if x.get("tf")] for n in sizes}
     base_us = med([x["run_s"] / x["rows"] * 1e6 for x in by[sizes[0]]])
     base_rss = med([x["peak_rss_mb"] for x in by[sizes[0]]])
-    base_tf = med(tf_us[sizes[0]])
     rows = []
     marginals = []
     for i, n in enumerate(sizes):
@@ -556,25 +556,19 @@ def scaling_table(recs, floors=None) -> list[str]:
                                                                    for x in by[prev]]))
                              / (n - prev) * 1e6)
             step = f"{marginals[-1]:.2f}"
-        tf_vs = f"{100 * (med(tf_us[n]) / base_tf - 1):+.0f}%" if tf_us[n] and base_tf else "-"
         rows.append([f"{n:,}", span([x["run_s"] for x in rs]), span(us),
                      f"{100 * (med(us) / base_us - 1):+.0f}%", step, span(cpu), span(st),
-                     span(rss), f"{100 * (med(rss) / base_rss - 1):+.0f}%",
-                     span(tf_us[n]), tf_vs])
+                     span(rss), f"{100 * (med(rss) / base_rss - 1):+.0f}%"])
     fit = linear_fit([(x["rows"], x["run_s"]) for x in recs])
-    tf_fit = linear_fit([(x["rows"], x["tf"]["e2e_s"]) for x in recs if x.get("tf")])
     last = by[sizes[-1]]
     n0, n1 = sizes[0], sizes[-1]
     out = ["## Scaling (small model, TFRecord -> jsonl)", "",
            "marginal = (run() s − run() s of the previous size) / records added: the cost of "
-           "each further record, with the fixed start-up (plan, model load, graph) taken out. "
-           "TF alone = `benchmarks.tf_alone` on the same input in the same round, timed the "
-           "same way: from its model load to its last output (it writes nothing).",
+           "each further record, with the fixed start-up (plan, model load, graph) taken out.",
            "",
            markdown_table(["records", "run() s", "µs/record e2e", "vs first",
                            "marginal µs/record", "CPU µs/record", "µs/record steady",
-                           "peak RSS MB", "vs first", "TF alone µs/record e2e", "vs first"],
-                          rows), ""]
+                           "peak RSS MB", "vs first"], rows), ""]
     if marginals:
         e2e_last = med([x["run_s"] for x in last]) / n1 * 1e6
         e2e_ok = abs(e2e_last / base_us - 1) <= 0.15
@@ -589,22 +583,13 @@ def scaling_table(recs, floors=None) -> list[str]:
                 f"({'met' if spread <= 0.15 else 'NOT met'}: {min(marginals):.2f}–"
                 f"{max(marginals):.2f}); peak RSS growth < 20% "
                 f"({'met' if rss_ok else 'NOT met'}).", ""]
-        if tf_us[n1] and base_tf:
-            tf_change = med(tf_us[n1]) / base_tf - 1
-            out += [f"TF alone, timed the same way, went from {fmt(base_tf)} to "
-                    f"{fmt(med(tf_us[n1]))} µs/record ({100 * tf_change:+.0f}%): "
-                    + ("it does not stay within 15% either, so the e2e target as written is "
-                       "beyond TensorFlow alone on this host." if abs(tf_change) > 0.15 else
-                       "within 15%."), ""]
     bound = None
     if fit is not None:
         per_record = fit[1]
         # e2e within 15%: F/n0 + c <= 1.15 (F/n1 + c), i.e. F <= 0.15 c / (1/n0 - 1.15/n1)
         bound = 0.15 * per_record / (1 / n0 - 1.15 / n1) if 1 / n0 > 1.15 / n1 else None
         out += [f"Least-squares line over {len(recs)} runs: run() s = F + c × records with "
-                f"F = {fit[0]:.3f} s, c = {per_record * 1e6:.2f} µs"
-                + (f" (TF alone: F = {tf_fit[0]:.3f} s, c = {tf_fit[1] * 1e6:.2f} µs)."
-                   if tf_fit else ".")
+                f"F = {fit[0]:.3f} s, c = {per_record * 1e6:.2f} µs."
                 + (f" For e2e µs/record to stay within 15% from {n0:,} to {n1:,} at this c, "
                    f"the fixed cost F would have to be at most {bound:.3f} s." if bound else ""),
                 ""]
@@ -701,46 +686,53 @@ def multiprocess_lines(recs, model: str) -> list[str]:
     if len({r["rows"] for r in recs}) < 2:
         return []
     labels = list(recs[0]["variants"])
-    fits = {label: linear_fit([(r["rows"], _g(r["variants"].get(label), "run_s"))
-                               for r in recs]) for label in labels}
+    sizes = sorted({r["rows"] for r in recs})
+    # through each size's median run (like every other figure here: a slow round of the host
+    # does not tilt the line)
+    fits = {label: linear_fit([(n, med([_g(r["variants"].get(label), "run_s")
+                                        for r in recs if r["rows"] == n])) for n in sizes])
+            for label in labels}
     base = fits[labels[0]]
     if base is None:
         return []
     rows, verdict = [], None
-    for label in labels:
+    for label in labels[1:]:
         f = fits[label]
         if f is None:
             rows.append([label, "-", "-", "-", "-", "-"])
             continue
-        extra, dc = f[0] - base[0], base[1] - f[1]  # dc > 0: each record is cheaper
-        if label == labels[0]:
-            even = "-"
-        elif dc > 0 and extra > 0:
-            even = f"{float(f'{extra / dc:.3g}'):,.0f}"  # 3 significant figures
-        else:
-            even = "from the start" if extra <= 0 and dc >= 0 else "never"
+        extra, dc = f[0] - base[0], base[1] - f[1]  # dc > 0: each record is cheaper here
+        when = _not_slower_when(extra, dc)
         rows.append([label, f"{f[0]:.2f}", f"{f[1] * 1e6:.1f}", pct(base[1] / f[1]),
-                     "-" if label == labels[0] else f"{extra:+.2f} s", even])
+                     f"{extra:+.2f} s", when])
         if label == MP_LABEL:
-            verdict = (base[1] / f[1], extra, even)
-    sizes = sorted({r["rows"] for r in recs})
-    out = [f"### Fixed start-up and per-record cost ({model} model, least squares over "
-           f"{len(recs)} runs per variant at {' and '.join(f'{n:,}' for n in sizes)} records)",
-           "",
+            verdict = (base[1] / f[1], extra, when)
+    rows.insert(0, [labels[0], f"{base[0]:.2f}", f"{base[1] * 1e6:.1f}", "100%", "-", "-"])
+    out = [f"### Start-up and per-record cost apart ({model} model; line through the median "
+           f"run at {' and '.join(f'{n:,}' for n in sizes)} records)", "",
            "run() s = F + c × records per variant. Per record = one process's c / this "
-           "variant's c (above 100%: each record is cheaper); break-even = the input size "
-           "from which a variant with a larger F and a smaller c finishes first.", "",
+           "variant's c (above 100%: each record is cheaper). The last column solves "
+           "F + c × n <= one process's F + c × n for n.", "",
            markdown_table(["variant", "F s", "c µs/record", "per record vs 1 process",
-                           "F vs 1 process", "break-even records"], rows), ""]
+                           "F vs 1 process", "not slower than 1 process"], rows), ""]
     if verdict and model == "heavy":
-        per_rec, extra, even = verdict
-        when = {"never": "slower than one process at every size",
-                "from the start": "not slower than one process at any size"}.get(
-            even, f"not slower than one process from about {even} records on")
+        per_rec, extra, when = verdict
         out += [f"{MP_LABEL}: each record at {pct(per_rec)} of one process's speed, "
                 f"{extra:+.2f} s of start-up (the workers' interpreter, Beam and TensorFlow "
-                f"imports and model loads); {when}.", ""]
+                f"imports and model loads); not slower than one process {when}.", ""]
     return out
+
+
+def _not_slower_when(extra_fixed: float, cheaper_per_record: float) -> str:
+    """For which input sizes n a variant with `extra_fixed` s more start-up and each record
+    `cheaper_per_record` s cheaper than the baseline is not slower: extra <= cheaper × n."""
+    def n():  # 3 significant figures
+        return f"{float(f'{extra_fixed / cheaper_per_record:.3g}'):,.0f}"
+    if cheaper_per_record > 0:
+        return f"from {n()} records" if extra_fixed > 0 else "at every size"
+    if cheaper_per_record < 0:
+        return f"up to {n()} records" if extra_fixed < 0 else "at no size"
+    return "at every size" if extra_fixed <= 0 else "at no size"
 
 
 def rerender(path: str) -> int:
