@@ -87,6 +87,19 @@ def test_scaling_sets_beam_s_own_floor_against_the_fixed_cost_bound():
     assert "WriteToText` 0.050 s (median)." in low and "that bound" not in low
 
 
+def test_beam_floor_runs_both_smallest_jobs_in_a_fresh_process(tmp_path):
+    """The real child: both jobs run on the FnApiRunner and the write job leaves its one
+    element in one file (the child checks the file and fails otherwise)."""
+    from benchmarks.common import run_child
+    r = run_child("benchmarks.beam_floor", [], str(tmp_path), "floor")
+    assert r["kind"] == "beam_floor"
+    assert r["map_s"] > 0 and r["write_s"] > 0 and r["beam_import_s"] > 0
+    line = "\n".join(bench.scaling_table(
+        [{"rows": n, "run_s": 0.5 + 6e-6 * n, "peak_rss_mb": 750.0} for n in (1_000, 2_000)],
+        [r]))
+    assert f"`Create | Map | WriteToText` {bench.fmt(r['write_s'])} s (median)" in line
+
+
 def _mp(rows, **runs):
     labels = {"one": "1 process", "two": bench.MP_LABEL, "calls": "1 process, 2 calls",
               "lean": "1 process, lean", "bad": "2 workers, worse"}
