@@ -596,7 +596,8 @@ def scaling_table(recs, floors=None) -> list[str]:
     floors = [f for f in floors or [] if f.get("write_s") is not None]
     if floors:
         map_s, write_s = med([f["map_s"] for f in floors]), med([f["write_s"] for f in floors])
-        out += [f"Beam's own fixed cost per job here ({len(floors)} fresh processes, "
+        out += [f"Beam's own fixed cost per job here ({len(floors)} fresh "
+                f"process{'es' if len(floors) > 1 else ''}, "
                 f"`benchmarks.beam_floor`, same runner): `Create | Map` {fmt(map_s)} s, "
                 f"`Create | Map | WriteToText` {fmt(write_s)} s (median)."
                 + (f" The smallest job that writes a file already costs "
