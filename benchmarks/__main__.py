@@ -681,9 +681,9 @@ def multiprocess_table(all_recs) -> list[str]:
 
 
 def multiprocess_lines(recs, model: str) -> list[str]:
-    """Each variant's run() s = F + c × records over every size and round: what its worker
-    start-up costs once (F) apart from what each record costs (c), and from how many records
-    on a variant with a larger F but a smaller c than one process overtakes it."""
+    """Each variant's line run() s = F + c × records through its median run at each size:
+    what its start-up costs once (F) apart from what each record costs (c), and at which
+    input sizes it is not slower than one process (see _not_slower_when)."""
     if len({r["rows"] for r in recs}) < 2:
         return []
     labels = list(recs[0]["variants"])
