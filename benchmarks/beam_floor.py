@@ -1,8 +1,10 @@
 """Beam's own fixed cost per job on this host: the floor under any job's start-up.
 
-Two jobs, each built and run in this fresh process on the runner the pipeline uses locally
-(the in-process FnApiRunner), timed like the pipeline's `run_s` (from building the Pipeline to
-`wait_until_finish` returning, imports excluded):
+Two jobs, each built and run in this fresh process on the runner the pipeline uses locally:
+the in-process FnApiRunner, built here as `pipeline.run.make_pipeline` builds it (importing
+that module would register the pipeline's own required options, so this job could not run
+bare). Each is timed like the pipeline's `run_s`, from building the Pipeline to
+`wait_until_finish` returning, imports excluded:
 
     map_s    `Create([one element]) | Map`: no input, no output
     write_s  `Create([one element]) | Map(str) | WriteToText`: the smallest job that writes a
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import tempfile
 import time
 
@@ -47,7 +50,7 @@ def main(argv=None) -> int:
         write_s = _timed(lambda pc: pc | beam.Map(str)
                          | beam.io.WriteToText(os.path.join(out, "floor")))
         written = [f for f in os.listdir(out) if f.startswith("floor")]
-        lines = [open(os.path.join(out, f)).read() for f in written]
+        lines = [pathlib.Path(out, f).read_text() for f in written]
     if lines != ["x\n"]:
         raise SystemExit(f"the write job left {written!r} holding {lines!r}, expected one "
                          "file with the one element")
