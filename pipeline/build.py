@@ -27,9 +27,10 @@ from transforms.parse import ParseWithSpecDoFn
 from transforms.predict import ModelConfig, ModelHolder, PredictDoFn, shared_tag
 from transforms.read import InputError, ReadRecordBatches, infer_format, match_inputs
 from transforms.records import Batch
-from transforms.write import (FinalizeDoFn, OutputError, WriteJsonLines, WriteMetricsDoFn,
-                              WritePredictions, build_reports, check_output_dir,
-                              prediction_header)
+from transforms.output_dir import (RUN_ID, OutputError, check_output, claim_output,
+                                   normalize_output, staging_name)
+from transforms.write import (FinalizeDoFn, WriteJsonLines, WriteMetricsDoFn, WritePredictions,
+                              build_reports, prediction_header)
 
 _LOG = logging.getLogger(__name__)
 USER_ERRORS = (InputError, ModelError, FeatureSpecError, OutputError)
@@ -54,6 +55,13 @@ class JobPlan:
     shared_model: object = None
     model_holder: object = None
     auto_batch: bool = False  # --batch_size auto: PredictDoFn tunes the call size
+    # this run's hold on the output dir (lock + staging dir), kept by the launcher until the
+    # job ends; None for a Dataflow job that is only built
+    claim: object = None
+
+    def release(self) -> None:
+        if self.claim is not None:
+            self.claim.release()
 
 
 def _key_dtype(opts, spec: FeatureSpec, input_format: str, first_file: str) -> str:
@@ -116,8 +124,13 @@ def _hint_local_workers(opts: BatchPredictOptions) -> None:
                   workers, cores)
 
 
-def plan_job(opts: BatchPredictOptions, run_id: str | None = None) -> JobPlan:
+def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
+             claim: bool = True) -> JobPlan:
+    """Validate everything, then (with `claim`) lock the output dir and create the staging dir:
+    the last step, so a run refused for any other reason leaves nothing behind."""
     start = time.time()
+    if run_id is not None and not RUN_ID.fullmatch(run_id):
+        raise OutputError(f"run id {run_id!r} is not of the form YYYYMMDDTHHMMSS-xxxxxxxx")
     patterns = opts.input_patterns()
     if not patterns:
         raise InputError("--input is empty")
@@ -125,8 +138,8 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None) -> JobPlan:
     input_format = opts.input_format or infer_format([f for f, _ in files])
     _LOG.info("plan: %d input files (%s), %.1f MB", len(files), input_format,
               sum(s for _, s in files) / 1e6)
-    output_dir = opts.output.rstrip("/")
-    check_output_dir(output_dir, opts.overwrite)
+    output_dir = normalize_output(opts.output)
+    check_output(output_dir, opts.overwrite, [f for f, _ in files])
     given = FeatureSpec.load(opts.feature_spec) if opts.feature_spec else None
     # TensorFlow's own pools unless told otherwise: splitting the cores between local worker
     # processes or concurrent calls (1 intra-op thread each on 2 cores) measured 1.35-1.45x on
@@ -170,9 +183,18 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None) -> JobPlan:
     auto_batch = opts.batch_size == "auto"
     shared_model = shared.Shared()
     holder = shared_model.acquire(lambda: ModelHolder(model), tag=shared_tag(config))
+    held = None
+    if claim:
+        held = claim_output(output_dir, run_id)
+        try:  # another run may have finished there while this one loaded its model
+            check_output(output_dir, opts.overwrite, [f for f, _ in files])
+        except OutputError:
+            held.release()
+            raise
     return JobPlan(files=files, input_format=input_format, model=config,
                    output_names=model.output_names, output_dir=output_dir,
-                   staging_dir=f"{output_dir}/.tmp-{run_id}", output_format=opts.output_format,
+                   staging_dir=f"{output_dir}/{staging_name(run_id)}", claim=held,
+                   output_format=opts.output_format,
                    batch_size=DEFAULT_BATCH_SIZE if auto_batch else opts.batch_size,
                    auto_batch=auto_batch, overwrite=opts.overwrite,
                    max_error_rate=opts.max_error_rate, list_separator=opts.csv_list_separator,

@@ -7,11 +7,14 @@ failed while running.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -22,6 +25,7 @@ from pipeline.dataflow import (RunnerOptionsError, builds_job_only, is_dataflow,
                                prepare_dataflow_options)
 from pipeline.options import BatchPredictOptions
 from pipeline.provenance import run_provenance
+from transforms.output_dir import run_outputs_dir
 from transforms.predict import loading_phase
 
 _LOG = logging.getLogger("batch_predict")
@@ -57,13 +61,19 @@ def run(argv: list[str] | None = None, **inject) -> tuple[beam.runners.runner.Pi
     `inject` goes to build_pipeline (tests: clock, predict_dofn)."""
     options = PipelineOptions(argv)
     prepare_dataflow_options(options)  # fail fast, before the model is staged
+    # a Dataflow job that is only built never runs: it must not claim the output dir
+    claim = not (is_dataflow(options) and builds_job_only(options))
     with loading_phase():  # TensorFlow's import and the model load: no GC passes over them
-        plan = plan_job(options.view_as(BatchPredictOptions))
-        plan.run_info.update(run_provenance(options, plan.files))
-        p = make_pipeline(options)
-        build_pipeline(p, plan, **inject)
-    result = p.run()
-    result.wait_until_finish()
+        plan = plan_job(options.view_as(BatchPredictOptions), claim=claim)
+    try:
+        with loading_phase():
+            plan.run_info.update(run_provenance(options, plan.files))
+            p = make_pipeline(options)
+            build_pipeline(p, plan, **inject)
+        result = p.run()
+        result.wait_until_finish()
+    finally:
+        plan.release()  # whatever happened, the next run may use the output dir
     return result, plan
 
 
@@ -140,25 +150,61 @@ def main(argv: list[str] | None = None) -> int:
         return demo_main(argv[1:])
     configure_logging()
     try:
-        _, plan = run(argv)
+        with stop_signals():
+            _, plan = run(argv)
     except USER_ERRORS + (RunnerOptionsError,) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Stopped as e:
+        print(f"error: stopped by {e.name} before the job finished; nothing final was written "
+              "(a re-run of the same command starts over)", file=sys.stderr)
+        return 128 + e.signum
     options = PipelineOptions(argv)
     if is_dataflow(options) and builds_job_only(options):
         print(f"Dataflow job built, not run (template file or dry run); outputs would go to "
               f"{plan.output_dir}")
         return EXIT_OK
-    summary = read_summary(plan.output_dir)
+    where = run_outputs_dir(plan.output_dir, plan.run_info["run_id"])
+    summary = read_summary(where) if where else None
     if summary is None:
         print(f"error: the job finished but wrote no summary in {plan.output_dir}",
               file=sys.stderr)
         return EXIT_FAILED
-    print(format_summary(summary, plan.output_dir))
+    print(format_summary(summary, where))
     if not summary["within_error_budget"]:
+        kept = (f"; the previous run's outputs in {plan.output_dir} are kept"
+                if where != plan.output_dir else "")
         print(f"error: error rate {summary['error_rate']:.4f} exceeds --max_error_rate "
               f"{summary['max_error_rate']}: {summary['errors']} of {summary['records_in']} "
-              f"records rejected (see {plan.output_dir}/errors-*.jsonl); no _SUCCESS written",
+              f"records rejected (see {where}/errors-*.jsonl); no _SUCCESS written{kept}",
               file=sys.stderr)
         return EXIT_ERROR_BUDGET
     return EXIT_OK
+
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM arrived while the job ran (a BaseException, like KeyboardInterrupt,
+    so that no `except Exception` on the way swallows it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """Turn SIGINT/SIGTERM into `Stopped` in the main thread: the launcher unwinds, releases
+    the output dir and exits 130/143 with one line instead of a traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

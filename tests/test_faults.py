@@ -60,7 +60,8 @@ def test_non_empty_output_dir_is_refused_without_overwrite(tmp_path, demo_model_
                  "--output", out])
     assert code == EXIT_USAGE
     err = capsys.readouterr().err
-    assert "is not empty" in err and "--overwrite" in err and "Traceback" not in err
+    assert "holds a previous run's outputs" in err and "--overwrite" in err
+    assert "Traceback" not in err
     assert {p: os.path.getmtime(p) for p in _final_files(out)} == before
 
 

@@ -165,7 +165,7 @@ def test_gs_csv_run_replaces_a_previous_output(gcs, loopback_only, gs_demo, demo
 
 
 def test_missing_output_bucket_fails_before_the_job_starts(gcs, gs_demo):
-    from transforms.write import OutputError
+    from transforms.output_dir import OutputError
     with pytest.raises(OutputError, match="output bucket gs://bp-nowhere does not exist"):
         run_job(gs_demo["model"], f"{gs_demo['data']}/part-*.csv", "gs://bp-nowhere/out")
 

@@ -2,15 +2,16 @@
 
 Everything is first written under a staging dir `OUTPUT/.tmp-RUN_ID/`, one file per bundle
 (`WriteStagedFilesDoFn`, fused with the steps before it). The last step, `Finalize`, runs
-once all writes are done (their file lists are its side inputs): it removes the previous run's
-outputs (only with --overwrite), renames the staged files into place, then writes `_SUCCESS` if
-the error budget holds. A run that dies before that leaves only `.tmp-*` dirs, which nothing
-mistakes for output.
+once all writes are done (their file lists are its side inputs) and hands them to
+`transforms.output_dir.commit`, which replaces a previous run's outputs (only this tool's own
+names), renames the staged files into place, then writes manifest.json and, if the error budget
+holds, `_SUCCESS`. A run that dies before that leaves only its `.tmp-*` dir, which nothing
+mistakes for output and the next successful run removes.
 
 Final layout:
     predictions-SSSSS-of-NNNNN.{jsonl,csv}     errors-SSSSS-of-NNNNN.jsonl
     metrics/shard_latency-SSSSS-of-NNNNN.jsonl  metrics/model_loads-SSSSS-of-NNNNN.jsonl
-    metrics/summary.json  metrics/errors_by_type.json  _SUCCESS
+    metrics/summary.json  metrics/errors_by_type.json  manifest.json  _SUCCESS
 """
 from __future__ import annotations
 
@@ -26,62 +27,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms import format as fmt
+from transforms import output_dir
 from transforms.metrics import ALL, percentiles_ms  # noqa: F401  (re-exported for reports)
 
 _LOG = logging.getLogger(__name__)
-SHARDS = "-SSSSS-of-NNNNN"
-SUCCESS = "_SUCCESS"
-MANIFEST = "manifest.json"
-OUTPUT_PREFIXES = ("predictions-", "errors-", "metrics/", SUCCESS, MANIFEST)
-
-
-class OutputError(ValueError):
-    """The output location cannot be used as asked."""
 
 
 def _join(*parts: str) -> str:
     return FileSystems.join(*parts)
-
-
-def existing_outputs(output_dir: str) -> list[str]:
-    """Files in output_dir that a finished run would have written (staging dirs excluded)."""
-    try:
-        matched = FileSystems.match([_join(output_dir, "**")])[0].metadata_list
-    except Exception:
-        return []
-    root = output_dir.rstrip("/") + "/"
-    out = []
-    for m in matched:
-        rel = m.path[len(root):] if m.path.startswith(root) else m.path
-        if rel.startswith(".tmp-") or not rel or rel.endswith("/"):
-            continue
-        out.append(m.path)
-    return sorted(out)
-
-
-def check_output_bucket(output_dir: str) -> None:
-    """A gs:// output needs an existing bucket: otherwise every worker's first write fails."""
-    if not output_dir.startswith("gs://"):
-        return
-    from apache_beam.io.gcp import gcsio
-    bucket = output_dir[len("gs://"):].split("/", 1)[0]
-    try:
-        found = gcsio.GcsIO().get_bucket(bucket)
-    except Exception as e:  # e.g. Forbidden: may still write objects; let the job try
-        _LOG.info("cannot look up bucket %s (%s); assuming it exists", bucket, type(e).__name__)
-        return
-    if found is None:
-        raise OutputError(f"output bucket gs://{bucket} does not exist; create it (gcloud "
-                          f"storage buckets create gs://{bucket}) or choose another --output")
-
-
-def check_output_dir(output_dir: str, overwrite: bool) -> None:
-    check_output_bucket(output_dir)
-    found = existing_outputs(output_dir)
-    if found and not overwrite:
-        raise OutputError(f"output dir {output_dir} is not empty ({len(found)} files, e.g. "
-                          f"{found[0]}); pass --overwrite to replace them when this run "
-                          "finishes, or choose another --output")
 
 
 def _dumps_line(row) -> bytes:
@@ -260,19 +213,6 @@ def errors_by_type_report(shard_rows: list[dict]) -> dict:
                          if r["shard"] != ALL and r["errors_by_type"]}}
 
 
-def remove_staging_dir(staging: str) -> None:
-    """Delete what is left under the staging dir (Beam's empty temp dirs, on GCS any object).
-
-    GCS has no directories: deleting `gs://b/out/.tmp-X` removes only an object of that exact
-    name, so the trailing slash matters there (Beam's GCS filesystem then deletes the prefix).
-    """
-    target = staging.rstrip("/") + "/" if staging.startswith("gs://") else staging
-    try:
-        FileSystems.delete([target])
-    except Exception as e:  # leftover empty staging dirs are harmless; say so
-        _LOG.warning("finalize: could not remove staging dir %s: %s", staging, e)
-
-
 def model_load_stats(paths: list[str]) -> dict:
     """How many worker processes staged and loaded the model, and how long that took (the
     rows of metrics/model_loads-*.jsonl, summarised for the manifest)."""
@@ -321,7 +261,8 @@ def build_manifest(summary: dict, outputs: list[str], model_loads: dict | None =
 
 class FinalizeDoFn(beam.DoFn):
     """Moves staged files into place, then writes manifest.json and (within the error budget)
-    _SUCCESS, in that order: a consumer that sees _SUCCESS finds everything else in place."""
+    _SUCCESS, in that order: a consumer that sees _SUCCESS finds everything else in place.
+    Safe to run twice (a retried step on Dataflow): see `transforms.output_dir.commit`."""
 
     def __init__(self, output_dir: str, staging: str, overwrite: bool,
                  expected: dict[str, tuple[str, bytes | None]] | None = None):
@@ -331,42 +272,36 @@ class FinalizeDoFn(beam.DoFn):
         # family -> (suffix, header): an empty file (header only) when no bundle wrote one
         self._expected = expected or {}
 
-    def process(self, summary, *written_lists):
-        staged = sorted({f for files in written_lists for f in files})
+    def _with_empty_families(self, staged: list[str]) -> list[str]:
         root = self._staging.rstrip("/") + "/"
+        families = {m["family"] for m in (_STAGED_NAME.match(f[len(root):]) for f in staged)
+                    if m}
         for family, (suffix, header) in self._expected.items():
-            if not any(_STAGED_NAME.match(f[len(root):]) and
-                       _STAGED_NAME.match(f[len(root):])["family"] == family for f in staged):
+            if family not in families:
                 path = _join(self._staging, f"{family}-{'0' * 32}{suffix}")
-                with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED
-                                        ) as fh:
-                    fh.write(header + b"\n" if header is not None else b"")
+                if not FileSystems.exists(path):  # a retry finds it written, or moved
+                    with FileSystems.create(
+                            path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+                        fh.write(header + b"\n" if header is not None else b"")
                 staged.append(path)
+        return staged
+
+    def process(self, summary, *written_lists):
+        staged = self._with_empty_families(sorted({f for files in written_lists
+                                                   for f in files}))
+        root = self._staging.rstrip("/") + "/"
         names = final_names([f[len(root):] for f in staged])
-        targets = [_join(self._output_dir, names[f[len(root):]]) for f in staged]
-        old = [f for f in existing_outputs(self._output_dir) if f not in set(targets)]
-        if self._overwrite:
-            old_all = existing_outputs(self._output_dir)
-            if old_all:
-                FileSystems.delete(old_all)
-                _LOG.info("finalize: removed %d files of the previous run", len(old_all))
-        elif old:
-            raise OutputError(f"{self._output_dir} gained files while this run was writing "
-                              f"(e.g. {old[0]}); not overwriting without --overwrite")
-        for target in targets:
-            parent = target.rsplit("/", 1)[0]
-            FileSystems.mkdirs(parent) if not FileSystems.exists(parent) else None
-        FileSystems.rename(staged, targets)
-        remove_staging_dir(self._staging)
-        loads = model_load_stats([t for t in targets if "/metrics/model_loads-" in t])
-        manifest = build_manifest(summary, [t[len(self._output_dir) + 1:] for t in targets],
-                                  loads)
-        with FileSystems.create(_join(self._output_dir, MANIFEST)) as fh:
-            fh.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-        if summary["within_error_budget"]:
-            with FileSystems.create(_join(self._output_dir, SUCCESS)) as fh:
-                fh.write(b"")
-        _LOG.info("finalize: %d files in %s%s", len(targets), self._output_dir,
-                  ", _SUCCESS written" if summary["within_error_budget"] else
+        renames = {f: names[f[len(root):]] for f in staged}
+
+        def manifest_for(directory: str, outputs: list[str]) -> dict:
+            loads = model_load_stats([_join(directory, r) for r in outputs
+                                      if r.startswith("metrics/model_loads-")])
+            return build_manifest(summary, outputs, loads)
+
+        within = summary["within_error_budget"]
+        where = output_dir.commit(self._output_dir, self._staging, summary["run_id"], renames,
+                                  within, self._overwrite, manifest_for)
+        _LOG.info("finalize: %d files in %s%s", len(renames), where,
+                  ", _SUCCESS written" if within else
                   " (error budget exceeded: no _SUCCESS)")
-        yield len(targets)
+        yield len(renames)
