@@ -42,17 +42,18 @@ def read_manifest(output_dir: str) -> dict | None:
 
 def run_date(spec: JobSpec, day: dt.date, extra_argv: list[str] | None = None) -> RunOutcome:
     """Run the job for one date; returns the pipeline's exit code and the manifest."""
-    from pipeline.run import main as pipeline_main
+    from pipeline.run import execute
     argv = pipeline_argv(spec, day) + list(extra_argv or [])
     output = render(spec.output, day).rstrip("/")
     _LOG.info("job %s, run date %s: output %s", spec.name, day, output)
     try:
-        code = pipeline_main(argv)
+        code, where = execute(argv)
     except Exception:  # the job failed while running (e.g. a Dataflow job failed): record it,
         # with its traceback, so the other dates of a backfill still run
         _LOG.exception("job %s, run date %s failed", spec.name, day)
         return RunOutcome(day, 1, output, None)
-    return RunOutcome(day, code, output, read_manifest(output) if code in (0, 3) else None)
+    # over its error budget after a good run, a rerun's outputs wait in its staging dir
+    return RunOutcome(day, code, where or output, read_manifest(where) if where else None)
 
 
 def date_range(first: dt.date, last: dt.date) -> list[dt.date]:

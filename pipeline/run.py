@@ -59,6 +59,7 @@ def run(argv: list[str] | None = None, **inject) -> tuple[beam.runners.runner.Pi
     """Plan, build and run the job; returns the (finished) result and the plan.
 
     `inject` goes to build_pipeline (tests: clock, predict_dofn)."""
+    BatchPredictOptions.check_argv(argv)  # unknown flags, bad values: refused before anything
     options = PipelineOptions(argv)
     prepare_dataflow_options(options)  # fail fast, before the model is staged
     # a Dataflow job that is only built never runs: it must not claim the output dir
@@ -148,28 +149,41 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "demo":
         from pipeline.demo_job import main as demo_main
         return demo_main(argv[1:])
+    return execute(argv)[0]
+
+
+def execute(argv: list[str]) -> tuple[int, str | None]:
+    """Run one scoring job and report it; returns the exit code and the dir holding this run's
+    outputs (the output dir, or the run's staging dir when it was over its error budget and a
+    previous good run was kept; None when it wrote none)."""
     configure_logging()
+    stop = StopRequest()
     try:
-        with stop_signals():
+        with stop.handled():
             _, plan = run(argv)
     except USER_ERRORS + (RunnerOptionsError,) as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except Stopped as e:
-        print(f"error: stopped by {e.name} before the job finished; nothing final was written "
-              "(a re-run of the same command starts over)", file=sys.stderr)
-        return 128 + e.signum
+        return EXIT_USAGE, None
+    except (Stopped, Exception):
+        if stop.signum is None:
+            raise
+        # the signal may surface inside a DoFn, where Beam wraps it in a RuntimeError
+        logging.disable(logging.NOTSET)
+        print(f"error: stopped by {signal.Signals(stop.signum).name} before the job finished; "
+              "nothing final was written (a re-run of the same command starts over)",
+              file=sys.stderr)
+        return 128 + stop.signum, None
     options = PipelineOptions(argv)
     if is_dataflow(options) and builds_job_only(options):
         print(f"Dataflow job built, not run (template file or dry run); outputs would go to "
               f"{plan.output_dir}")
-        return EXIT_OK
+        return EXIT_OK, None
     where = run_outputs_dir(plan.output_dir, plan.run_info["run_id"])
     summary = read_summary(where) if where else None
     if summary is None:
         print(f"error: the job finished but wrote no summary in {plan.output_dir}",
               file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_FAILED, None
     print(format_summary(summary, where))
     if not summary["within_error_budget"]:
         kept = (f"; the previous run's outputs in {plan.output_dir} are kept"
@@ -178,33 +192,39 @@ def main(argv: list[str] | None = None) -> int:
               f"{summary['max_error_rate']}: {summary['errors']} of {summary['records_in']} "
               f"records rejected (see {where}/errors-*.jsonl); no _SUCCESS written{kept}",
               file=sys.stderr)
-        return EXIT_ERROR_BUDGET
-    return EXIT_OK
+        return EXIT_ERROR_BUDGET, where
+    return EXIT_OK, where
 
 
 class Stopped(BaseException):
     """SIGINT or SIGTERM arrived while the job ran (a BaseException, like KeyboardInterrupt,
     so that no `except Exception` on the way swallows it)."""
 
-    def __init__(self, signum: int):
-        super().__init__(signum)
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into `Stopped` in the main thread, and remembers the signal: the
+    launcher unwinds, releases the output dir and exits 130/143 with one line instead of a
+    traceback."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def _stop(self, signum, frame):
         self.signum = signum
-        self.name = signal.Signals(signum).name
-
-
-@contextlib.contextmanager
-def stop_signals():
-    """Turn SIGINT/SIGTERM into `Stopped` in the main thread: the launcher unwinds, releases
-    the output dir and exits 130/143 with one line instead of a traceback."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
+        # Beam logs an exception raised in a DoFn with its traceback before re-raising it;
+        # the operator asked to stop and gets one line instead
+        logging.disable(logging.CRITICAL)
         raise Stopped(signum)
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+
+    @contextlib.contextmanager
+    def handled(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._stop)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -442,8 +442,9 @@ def commit(output: str, staging: str, run_id: str, renames: dict[str, str],
         _LOG.info("finalize: removed %d files of a previous run", len(old))
     _place(output, renames, ops)
     manifest = manifest_for(output, sorted(targets))
-    ops.write(_join(staging, MANIFEST), json.dumps(manifest, indent=2).encode())
-    ops.rename(_join(staging, MANIFEST), _join(output, MANIFEST))
+    pending = _join(staging, "manifest.pending")  # not MANIFEST: that marks a kept-aside run
+    ops.write(pending, json.dumps(manifest, indent=2).encode())
+    ops.rename(pending, _join(output, MANIFEST))
     return _seal(output, staging, run_id, within_budget, ops)
 
 
