@@ -152,6 +152,8 @@ def test_gs_csv_run_replaces_a_previous_output(gcs, loopback_only, gs_demo, demo
     out = "gs://bp-out/csv"
     gcs.upload_bytes(f"{out}/predictions-00000-of-00009.jsonl", b'{"old": 1}\n')
     gcs.upload_bytes(f"{out}/_SUCCESS", b"")
+    gcs.upload_bytes(f"{out}/notes/readme.txt", b"not ours")  # never touched
+    gcs.upload_bytes(f"{out}/predictions-final.jsonl", b"not ours either")
     summary = run_job(gs_demo["model"], f"{gs_demo['data']}/part-*.csv", out,
                       "--key_field", "id", "--overwrite",
                       "--model_cache_dir", str(tmp_path / "cache"))
@@ -160,8 +162,27 @@ def test_gs_csv_run_replaces_a_previous_output(gcs, loopback_only, gs_demo, demo
     assert "predictions-00000-of-00009.jsonl" not in names  # the old run's file is gone
     assert "_SUCCESS" in names
     assert not [n for n in names if n.startswith(".tmp-")]
-    _check_predictions(_jsonl(gcs, out, "predictions-"), demo_model, demo_data)
+    assert ".batch-predict.lock" not in names  # released by the run's finalize and launcher
+    assert gcs.read_bytes(f"{out}/notes/readme.txt") == b"not ours"
+    assert gcs.read_bytes(f"{out}/predictions-final.jsonl") == b"not ours either"
+    _check_predictions(_jsonl(gcs, out, "predictions-0"), demo_model, demo_data)
     assert "emulated-token" not in caplog.text  # the access token is never logged
+
+
+def test_a_gs_output_locked_by_another_run_is_refused(gcs, loopback_only, gs_demo, capsys):
+    from pipeline.run import EXIT_USAGE, main
+    out = "gs://bp-out/locked"
+    lock = (b'{"run_id": "20261203T000000-0000beef", "host": "h1", "pid": 7, '
+            b'"started": "2026-12-03T00:00:00Z"}')
+    gcs.upload_bytes(f"{out}/.batch-predict.lock", lock)
+    code = main(["--model", gs_demo["model"], "--input", f"{gs_demo['data']}/part-*.csv",
+                 "--output", out])
+    assert code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "is in use by run 20261203T000000-0000beef, process 7 on h1" in err
+    assert f"delete {out}/.batch-predict.lock" in err and "Traceback" not in err
+    assert gcs.list(out) == [".batch-predict.lock"]  # nothing else written
+    assert gcs.read_bytes(f"{out}/.batch-predict.lock") == lock
 
 
 def test_missing_output_bucket_fails_before_the_job_starts(gcs, gs_demo):
