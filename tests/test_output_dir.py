@@ -383,6 +383,32 @@ def test_finalize_failing_at_every_step_never_lies_and_a_retry_finishes(tmp_path
         assert reference[0] == "not final" and "manifest.json" in reference[1]
 
 
+def test_a_pipeline_whose_finalize_runs_twice_ends_as_if_once(tmp_path, monkeypatch,
+                                                               demo_model_base, small_input,
+                                                               dirty_input):
+    """The real Finalize step, run twice over the same side inputs (a retried step), on top of
+    a previous run that it replaces."""
+    import pipeline.build
+    from transforms.write import FinalizeDoFn
+
+    class TwiceFinalize(FinalizeDoFn):
+        def process(self, summary, *written):
+            list(super().process(summary, *written))
+            yield from super().process(summary, *written)
+    out = tmp_path / "out"
+    assert _score(demo_model_base, dirty_input["path"], out, "--max_error_rate", "1") == EXIT_OK
+    monkeypatch.setattr(pipeline.build, "FinalizeDoFn", TwiceFinalize)
+    assert _score(demo_model_base, small_input["path"], out, "--overwrite") == EXIT_OK
+    rows = predictions(str(out))
+    assert sorted(r["id"] for r in rows) == sorted(small_input["ids"])
+    assert errors(str(out)) == []
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["records_in"] == 30 and (out / "_SUCCESS").exists()
+    assert {p for p in _tree(out) if od.own_name(p)} == set(manifest["outputs"]) | {
+        "manifest.json", "_SUCCESS"}
+    assert glob.glob(str(out / ".tmp-*")) == []
+
+
 def test_a_full_disk_while_writing_the_manifest_leaves_nothing_final_and_a_rerun_succeeds(
         tmp_path, demo_model_base, small_input, monkeypatch, capsys):
     out = tmp_path / "out"
