@@ -103,7 +103,8 @@ def test_plan_marks_local_worker_processes_for_a_quick_exit(tmp_path, demo_model
              "--output", str(tmp_path / "out")]
 
     def plan(*extra):
-        return plan_job(PipelineOptions(flags + list(extra)).view_as(BatchPredictOptions))
+        return plan_job(PipelineOptions(flags + list(extra)).view_as(BatchPredictOptions),
+                        claim=False)
     multi = plan("--direct_running_mode=multi_processing", "--direct_num_workers=2").model
     assert multi.fast_worker_exit and multi.launcher_pid == os.getpid()
     # worker processes keep TensorFlow's own pools unless told otherwise
