@@ -1,8 +1,9 @@
 """Entry point: parse options, plan, build and run the job; report and set the exit code.
 
 Exit codes: 0 success; 2 a user error found before the job started (bad option, model, input,
-output dir: one line, no stack trace); 3 the job ran but exceeded --max_error_rate; 1 the job
-failed while running.
+output dir, a dir in use: one line, no stack trace); 3 the job ran but exceeded
+--max_error_rate; 1 the job failed while running, or its counts do not add up (records lost);
+130/143 stopped by SIGINT/SIGTERM.
 """
 from __future__ import annotations
 
@@ -185,6 +186,13 @@ def execute(argv: list[str]) -> tuple[int, str | None]:
               file=sys.stderr)
         return EXIT_FAILED, None
     print(format_summary(summary, where))
+    if not summary["accounted"]:
+        lost = summary["records_in"] - summary["predicted"] - summary["errors"]
+        print(f"error: {summary['records_in']} records read but {summary['predicted']} "
+              f"predicted + {summary['errors']} error rows ({lost:+d} unaccounted): records "
+              f"were lost or duplicated inside the job; no _SUCCESS written (see {where})",
+              file=sys.stderr)
+        return EXIT_FAILED, where
     if not summary["within_error_budget"]:
         kept = (f"; the previous run's outputs in {plan.output_dir} are kept"
                 if where != plan.output_dir else "")

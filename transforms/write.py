@@ -298,10 +298,12 @@ class FinalizeDoFn(beam.DoFn):
                                       if r.startswith("metrics/model_loads-")])
             return build_manifest(summary, outputs, loads)
 
-        within = summary["within_error_budget"]
+        # a run that lost records (not accounted) is never marked done, whatever its budget
+        within = summary["within_error_budget"] and summary["accounted"]
         where = output_dir.commit(self._output_dir, self._staging, summary["run_id"], renames,
                                   within, self._overwrite, manifest_for)
         _LOG.info("finalize: %d files in %s%s", len(renames), where,
                   ", _SUCCESS written" if within else
+                  " (records not accounted for: no _SUCCESS)" if not summary["accounted"] else
                   " (error budget exceeded: no _SUCCESS)")
         yield len(renames)
