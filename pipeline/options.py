@@ -1,48 +1,132 @@
-"""Command-line options of the batch prediction job (a PipelineOptions subclass).
+"""Command-line options of the batch prediction job (a PipelineOptions subclass), and the check
+of a whole command line before anything starts.
 
-Unknown flags are Beam's own (`--runner`, `--direct_num_workers`, `--project`, ...) and pass
-through untouched.
+Every other flag is Beam's own (`--runner`, `--direct_num_workers`, `--project`, ...) and passes
+through untouched; a flag that neither this job nor Beam defines is refused (`check_argv`),
+because Beam would only log "Discarding unparseable args" and run with the defaults.
 """
 from __future__ import annotations
 
-from apache_beam.options.pipeline_options import PipelineOptions
+import argparse
+import difflib
+import importlib
+import math
+import sys
+from typing import Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+from pipeline.dataflow import RunnerOptionsError
 
 DEFAULT_BATCH_SIZE = 8192  # from `python -m benchmarks --only batch` (benchmarks/RESULTS.md)
 DEFAULT_MAX_ERROR_RATE = 0.01
+DEFAULT_MAX_RECORD_BYTES = 128 << 20
+PROG = "python -m pipeline"
+
+
+class OptionsError(RunnerOptionsError):
+    """The command line cannot run as meant: an unknown option, a stray argument, a missing or
+    unusable value. The message names the option and what it accepts.
+
+    A RunnerOptionsError, so the launcher reports it like the runner checks: one line, exit 2.
+    """
+
+
+# --- value types: each says what it accepts, so argparse's message is one actionable line ----
+def _int(text: str, accepted: str) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{accepted}, got {text!r}") from None
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _int(text, "must be a positive integer")
     if value <= 0:
-        raise ValueError(text)
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _int(text, "must be an integer >= 0 (0 = TensorFlow's default)")
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer >= 0 (0 = TensorFlow's default), got {text!r}")
     return value
 
 
 def _batch_size(text: str) -> int | str:
     if text == "auto":
         return text
-    return _positive_int(text)
+    accepted = "must be a positive integer or 'auto'"
+    value = _int(text, accepted)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{accepted}, got {text!r}")
+    return value
 
 
 def _rate(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(text)
+    accepted = "must be a fraction of records from 0 to 1 (e.g. 0.01; 1 disables the check)"
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{accepted}, got {text!r}") from None
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{accepted}, got {text!r}")
     return value
+
+
+def _text(what: str):
+    """A value that must say something: an empty one would silently mean another thing (no
+    spec, the default cache dir) or fail late (a model or output path of '')."""
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"is empty; give {what}")
+        return text
+    parse.__name__ = "text"
+    return parse
+
+
+def _patterns(text: str) -> str:
+    if not any(p.strip() for p in text.split(",")):
+        raise argparse.ArgumentTypeError(
+            f"names no file pattern, got {text!r}; give comma-separated globs, local or gs://")
+    return text
+
+
+def _output_dir(text: str) -> str:
+    if not text.strip() or not text.strip("/"):
+        raise argparse.ArgumentTypeError(
+            f"must name an output dir, got {text!r}; give a local path or gs://bucket/path")
+    return text
+
+
+def _list_separator(text: str) -> str:
+    """A CSV cell's value separator: a newline, carriage return or quote in it would split or
+    quote the row itself, and an empty one cannot split anything."""
+    if not text:
+        raise argparse.ArgumentTypeError("is empty; give the separator of values inside one "
+                                         "CSV cell, e.g. '|' or ';'")
+    bad = [c for c in ("\n", "\r", '"') if c in text]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"may not contain {', '.join(map(repr, bad))} (CSV row or quoting characters), "
+            f"got {text!r}")
+    return text
 
 
 class BatchPredictOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--model", required=True,
+            "--model", required=True, type=_text("a SavedModel dir or export base dir"),
             help="SavedModel dir, or an export base dir of numeric timestamped versions (the "
                  "newest wins; temp-* dirs are ignored); local path or gs://")
         parser.add_argument(
-            "--input", required=True,
+            "--input", required=True, type=_patterns,
             help="comma-separated file patterns (globs), local or gs://")
         parser.add_argument(
-            "--output", required=True,
+            "--output", required=True, type=_output_dir,
             help="output dir for predictions-*, errors-*, metrics/ and _SUCCESS")
         parser.add_argument(
             "--input_format", choices=["tfrecord", "csv"], default=None,
@@ -50,13 +134,16 @@ class BatchPredictOptions(PipelineOptions):
                  ".tfrecord.gz, .gz -> tfrecord; .csv -> csv). gzip is detected from content")
         parser.add_argument(
             "--feature_spec", default=None,
+            type=_text("a feature spec JSON file, or leave the option out"),
             help="feature spec JSON file; by default the spec is read from the model's parse "
                  "op (or its input signature for raw-tensor signatures). A given spec is "
                  "checked against the model's")
         parser.add_argument(
-            "--signature", default="serving_default", help="signature to call")
+            "--signature", default="serving_default", type=_text("a signature name"),
+            help="signature to call")
         parser.add_argument(
             "--key_field", default=None,
+            type=_text("a feature or column name, or leave the option out"),
             help="feature/column copied into every prediction row to join on; without it rows "
                  "carry their source shard and record index")
         parser.add_argument(
@@ -72,7 +159,7 @@ class BatchPredictOptions(PipelineOptions):
             "--output_format", choices=["jsonl", "csv"], default="jsonl",
             help="format of predictions-* files")
         parser.add_argument(
-            "--csv_list_separator", default="|",
+            "--csv_list_separator", default="|", type=_list_separator,
             help="separator of values inside one CSV cell, for multi-valued features")
         parser.add_argument(
             "--max_error_rate", type=_rate, default=DEFAULT_MAX_ERROR_RATE,
@@ -84,6 +171,7 @@ class BatchPredictOptions(PipelineOptions):
                  "finishes); without it a non-empty output dir is refused")
         parser.add_argument(
             "--model_cache_dir", default=None,
+            type=_text("a local dir, or leave the option out"),
             help="local dir where gs:// models are staged on each worker (default: a dir "
                  "under the system temp dir)")
         parser.add_argument(
@@ -95,13 +183,155 @@ class BatchPredictOptions(PipelineOptions):
                  "measure. Light models, bound by reading and formatting, gain little or "
                  "lose (about even on the AMD host, 0.91-0.98x on the Intel one)")
         parser.add_argument(
-            "--tf_intra_op_threads", type=int, default=0,
+            "--tf_intra_op_threads", type=_non_negative_int, default=0,
             help="TensorFlow intra-op threads per worker process (0 = TensorFlow's default, "
                  "one per core, also with local multi_processing workers or "
                  "--concurrent_model_calls)")
         parser.add_argument(
-            "--tf_inter_op_threads", type=int, default=0,
+            "--tf_inter_op_threads", type=_non_negative_int, default=0,
             help="TensorFlow inter-op threads per worker process (0 = TensorFlow's default)")
+        parser.add_argument(
+            "--max_record_bytes", type=_positive_int, default=DEFAULT_MAX_RECORD_BYTES,
+            help="largest TFRecord record or CSV line accepted; a longer one is an error row "
+                 "(corrupt_record / csv_format), never an allocation of its size")
+
+    @staticmethod
+    def check_argv(argv: Sequence[str] | None = None) -> None:
+        """`check_argv` below: refuse a command line the job cannot run as meant."""
+        check_argv(argv)
 
     def input_patterns(self) -> list[str]:
         return [p.strip() for p in self.input.split(",") if p.strip()]
+
+
+# --- the whole command line --------------------------------------------------------------------
+class _CheckingParser(_BeamArgumentParser):
+    """Beam's parser, raising OptionsError where argparse would print its usage and exit."""
+
+    def error(self, message):
+        if message.startswith("ambiguous option: "):  # ignored, as Beam's parser does
+            return
+        raise OptionsError(_reword(message))
+
+
+def _reword(message: str) -> str:
+    """argparse's message as one line that names the option and says what to change."""
+    message = " ".join(message.split())
+    if message.startswith("argument "):
+        message = message[len("argument "):]
+        option, _, reason = message.partition(": ")
+        option = option.split("/")[-1]  # '-h/--help' -> '--help'
+        if reason == "expected one argument":
+            return f"{option} needs a value ({option} VALUE or {option}=VALUE)"
+        if reason.startswith("ignored explicit argument "):
+            value = reason[len("ignored explicit argument "):]
+            return (f"{option} is an on/off flag and takes no value, got {value}; give "
+                    f"{option} alone to turn it on, or leave it out")
+        return f"{option}: {reason}"
+    return message
+
+
+# Modules that define more PipelineOptions subclasses; Beam imports them only with their runner
+# (which reads its options after that), so they are imported before an unknown flag is refused.
+_MORE_OPTION_MODULES = ("apache_beam.runners.render", "apache_beam.yaml.options",
+                        "apache_beam.runners.dask.dask_runner")
+_more_imported = False
+
+
+def _import_more_option_classes() -> bool:
+    global _more_imported
+    if _more_imported:
+        return False
+    _more_imported = True
+    for name in _MORE_OPTION_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception:  # an optional runner's dependencies missing: its flags are unknown
+            pass
+    return True
+
+
+def _option_classes() -> list[type]:
+    """Every PipelineOptions subclass that defines options, Beam's and ours, once each (by
+    name, as PipelineOptions.get_all_options picks them), with ours last."""
+    found, stack = {}, list(PipelineOptions.__subclasses__())
+    while stack:
+        cls = stack.pop(0)
+        stack.extend(cls.__subclasses__())
+        if "_add_argparse_args" in cls.__dict__:
+            found.setdefault(str(cls), cls)
+    return sorted(found.values(), key=lambda c: c is BatchPredictOptions)
+
+
+def all_options_parser() -> tuple[_CheckingParser, list[argparse.Action]]:
+    """A parser of every option Beam and this job define, with nothing required (missing
+    options are reported after unknown ones), and the actions that are required."""
+    parser = _CheckingParser(prog=PROG, allow_abbrev=False, add_help=False)
+    for cls in _option_classes():
+        try:
+            cls._add_argparse_args(parser)
+        except argparse.ArgumentError:  # a flag two classes define: Beam's own parse fails
+            pass                        # on it too, so it is not ours to judge
+    required = [a for a in parser._actions if a.required]
+    for action in required:
+        action.required = False
+    return parser, required
+
+
+def _unknown(arg: str, parser: argparse.ArgumentParser) -> str:
+    if arg == "--" or not arg.startswith("-") or arg[1:2].isdigit():
+        return (f"unexpected argument {arg!r}: every argument is an option, --name value or "
+                f"--name=value (a value starting with '-' needs --name=VALUE)")
+    name = arg.split("=", 1)[0]
+    options = {opt.lstrip("-"): opt for action in parser._actions
+               for opt in action.option_strings if opt.startswith("--")}
+    close = difflib.get_close_matches(name.lstrip("-").replace("-", "_"), list(options), n=1)
+    if close:
+        return f"unknown option {name}; did you mean {options[close[0]]}?"
+    return (f"unknown option {name}: not an option of this job ({PROG} --help) nor of Beam")
+
+
+def _wants_help(argv: list[str]) -> bool:
+    args = argv[:argv.index("--")] if "--" in argv else argv
+    return "-h" in args or "--help" in args
+
+
+def print_help() -> None:
+    parser = argparse.ArgumentParser(
+        prog=PROG, allow_abbrev=False,
+        description="Batch scoring of a TensorFlow SavedModel on Apache Beam.",
+        epilog="Every other option is Beam's (--runner, --direct_num_workers, "
+               "--direct_running_mode, --project, --region, --temp_location, ...).")
+    BatchPredictOptions._add_argparse_args(parser)
+    parser.print_help()
+
+
+def check_argv(argv: Sequence[str] | None = None) -> None:
+    """Refuse a command line the job cannot run as meant, before anything starts: raises
+    OptionsError with one line naming the option.
+
+    Accepted: `--name value` and `--name=value` for every option this job or Beam defines
+    (argparse, no abbreviations), on/off flags alone (`--overwrite`), repeatable options
+    repeated. Refused: unknown options (with the closest known one, so `--key-field`
+    suggests `--key_field`), arguments that are not options, values an option's type refuses,
+    missing required options and unusable --labels. `-h`/`--help` prints this job's options
+    and exits 0.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if _wants_help(argv):
+        print_help()
+        raise SystemExit(0)
+    parser, required = all_options_parser()
+    namespace, extras = parser.parse_known_args(argv)
+    if extras and _import_more_option_classes():
+        parser, required = all_options_parser()
+        namespace, extras = parser.parse_known_args(argv)
+    if extras:
+        raise OptionsError(_unknown(extras[0], parser))
+    missing = [a.option_strings[0] for a in required if getattr(namespace, a.dest) is None]
+    if missing:
+        raise OptionsError(f"missing required option{'s' if len(missing) > 1 else ''} "
+                           f"{', '.join(missing)} (e.g. --model gs://bucket/export/model "
+                           "--input 'gs://bucket/data/part-*' --output gs://bucket/scores)")
+    from pipeline.provenance import parse_label_values
+    parse_label_values(getattr(namespace, "labels", None))

@@ -7,10 +7,13 @@ manifest are built from, so the workers never need to know them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+
+from pipeline.options import OptionsError
 
 CODE_VERSION_ENV = "BATCH_PREDICT_CODE_VERSION"  # set by the flex template image build
 
@@ -37,17 +40,57 @@ def code_version() -> str:
     return version
 
 
-def parse_labels(options: PipelineOptions) -> dict[str, str]:
-    """Beam's --labels (repeated key=value, or one JSON object) as a dict."""
-    labels = {}
-    for item in options.view_as(GoogleCloudOptions).labels or []:
-        item = item.strip()
-        if item.startswith("{"):
-            labels.update({str(k): str(v) for k, v in json.loads(item).items()})
+def parse_label_values(values: list[str] | None) -> dict[str, str]:
+    """Beam's --labels values (the option repeats) as one dict; later keys win.
+
+    Each value is either `key=value` (split at the first '='; the value may be empty, the key
+    may not) or one JSON object of string or number values (`{"job": "nightly", "n": 3}`). A
+    value containing '{' is always read as a JSON object: the Dataflow runner reads any such
+    label as a Python literal dict, so `a={b}` or JSON's true/false/null would only fail there,
+    after the model was staged. A value with no '=' (`--labels team`) is refused rather than
+    read as an empty label: it is more often a mistyped `team=x` or `team:x`.
+    Raises OptionsError (one line, exit 2) for anything else.
+    """
+    labels: dict[str, str] = {}
+    for raw in values or []:
+        item = raw.strip()
+        if "{" in item or item.startswith("["):
+            labels.update(_json_labels(raw))
         elif "=" in item:
             key, value = item.split("=", 1)
-            labels[key] = value
+            if not key.strip():
+                raise OptionsError(f"--labels {raw!r}: the label has no key; give key=value")
+            labels[key.strip()] = value
+        else:
+            raise OptionsError(f"--labels {raw!r}: a label is key=value (e.g. --labels "
+                               "team=ml) or a JSON object (--labels '{\"team\": \"ml\"}')")
     return labels
+
+
+def _json_labels(raw: str) -> dict[str, str]:
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        reason = e.args[0] if isinstance(e, ValueError) else "nested too deeply"
+        raise OptionsError(f"--labels {raw!r} is not a JSON object: {reason}") from None
+    if not isinstance(obj, dict):
+        raise OptionsError(f"--labels {raw!r} must be a JSON object of labels, got a "
+                           f"{type(obj).__name__}")
+    labels = {}
+    for key, value in obj.items():
+        if not key.strip():
+            raise OptionsError(f"--labels {raw!r}: a label has an empty key")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)) or \
+                (isinstance(value, float) and not math.isfinite(value)):
+            raise OptionsError(f"--labels {raw!r}: label {key!r} must be a string or a "
+                               f"number, got {json.dumps(value)[:40]}")
+        labels[key] = str(value)
+    return labels
+
+
+def parse_labels(options: PipelineOptions) -> dict[str, str]:
+    """Beam's --labels (repeated key=value, or one JSON object) as a dict."""
+    return parse_label_values(options.view_as(GoogleCloudOptions).labels)
 
 
 def run_provenance(options: PipelineOptions, files: list[tuple[str, int]]) -> dict:

@@ -23,6 +23,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 DTYPES = ("float32", "int64", "string")
 KINDS = ("fixed", "varlen", "ragged")
+MAX_SPEC_BYTES = 16 << 20  # a spec of thousands of features is well under 1 MB
+_INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 class FeatureSpecError(ValueError):
@@ -47,7 +49,7 @@ class Feature:
         if self.kind != "fixed" and (self.shape or self.default is not None):
             raise FeatureSpecError(f"feature {self.name!r}: only fixed features take a shape "
                                    "or a default")
-        if self.kind == "fixed" and any((not isinstance(d, int)) or d < 0 for d in self.shape):
+        if self.kind == "fixed" and any(not _is_int(d) or d < 0 for d in self.shape):
             raise FeatureSpecError(f"feature {self.name!r}: shape must be non-negative "
                                    f"integers, got {list(self.shape)}")
         if self.default is not None:
@@ -104,7 +106,7 @@ class Feature:
             raise FeatureSpecError(f"feature {name!r}: unknown keys {sorted(unknown)}")
         kind = obj.get("kind", "fixed")
         dtype = obj.get("dtype")
-        shape = tuple(obj.get("shape", ())) if kind == "fixed" else ()
+        shape = _shape(obj.get("shape", ()), name) if kind == "fixed" else ()
         default = obj.get("default")
         if default is not None:
             if not isinstance(default, (list, tuple)):
@@ -154,19 +156,52 @@ class Feature:
         return f"{self.kind} {self.dtype}"
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shape(value, name: str) -> tuple[int, ...]:
+    """A fixed feature's shape as written in JSON: a list of non-negative integers."""
+    if not isinstance(value, (list, tuple)) or not all(_is_int(d) and d >= 0 for d in value):
+        hint = f" (write [{value}])" if _is_int(value) and value >= 0 else ""
+        raise FeatureSpecError(f"feature {name!r}: shape must be a list of non-negative "
+                               f"integers, [] for one value per example, got "
+                               f"{json.dumps(value)[:60]}{hint}")
+    return tuple(value)
+
+
 def _coerce(value, dtype: str | None, name: str):
+    # a list, object, null or true/false is never a default value (JSON true would pass for 1)
+    if value is None or isinstance(value, (bool, list, tuple, dict)):
+        text = json.dumps(value, default=str)[:60]
+        raise FeatureSpecError(f"feature {name!r}: default {text} is not a {dtype}")
     try:
         if dtype == "float32":
             return float(value)
         if dtype == "int64":
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
-            return int(value)
+            number = int(value)
+            if not _INT64[0] <= number <= _INT64[1]:
+                raise ValueError(value)
+            return number
         if isinstance(value, bytes):
             return value.decode("utf-8")
         return str(value)
-    except (TypeError, ValueError):
-        raise FeatureSpecError(f"feature {name!r}: default {value!r} is not a {dtype}") from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
+        raise FeatureSpecError(f"feature {name!r}: default {repr(value)[:60]} is not a "
+                               f"{dtype}") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object whose keys are unique: a repeated feature would otherwise silently keep
+    its last definition."""
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise FeatureSpecError(f"key {key!r} appears twice in one object")
+        obj[key] = value
+    return obj
 
 
 def _json_value(v):
@@ -210,7 +245,10 @@ class FeatureSpec(Mapping[str, Feature]):
         if not isinstance(obj, Mapping):
             raise FeatureSpecError("a feature spec is a JSON object {\"features\": {...}}")
         features = obj.get("features", obj)
-        if not isinstance(features, Mapping) or not features:
+        if not isinstance(features, Mapping):
+            raise FeatureSpecError("\"features\" must be an object of name: {\"kind\", "
+                                   f"\"dtype\", ...}}, got a {type(features).__name__}")
+        if not features:
             raise FeatureSpecError("a feature spec needs at least one feature under "
                                    "\"features\"")
         return cls([Feature.from_json(name, f) for name, f in features.items()])
@@ -220,13 +258,33 @@ class FeatureSpec(Mapping[str, Feature]):
         from apache_beam.io.filesystems import FileSystems
         try:
             with FileSystems.open(path) as fh:
-                text = fh.read().decode("utf-8")
-        except (OSError, IOError) as e:
-            raise FeatureSpecError(f"cannot read feature spec {path}: {e}") from None
+                data = fh.read(MAX_SPEC_BYTES + 1)  # never a whole /dev/zero or a data file
+        except (OSError, ValueError) as e:  # ValueError: a path of no known filesystem
+            raise FeatureSpecError(f"cannot read feature spec {path}: "
+                                   f"{' '.join(str(e).split())}") from None
+        if len(data) > MAX_SPEC_BYTES:
+            raise FeatureSpecError(f"feature spec {path} is larger than {MAX_SPEC_BYTES >> 20} "
+                                   "MiB; it is not a feature spec JSON file")
+        skip = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # a byte order mark is accepted
         try:
-            return cls.from_json(json.loads(text))
+            text = data[skip:].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise FeatureSpecError(f"feature spec {path} is not UTF-8 text (byte "
+                                   f"0x{data[skip + e.start]:02x} at offset {skip + e.start})"
+                                   ) from None
+        try:
+            obj = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             raise FeatureSpecError(f"feature spec {path} is not valid JSON: {e}") from None
+        except FeatureSpecError as e:  # a repeated key
+            raise FeatureSpecError(f"feature spec {path}: {e}") from None
+        except RecursionError:
+            raise FeatureSpecError(f"feature spec {path} is nested too deeply to be a "
+                                   "feature spec") from None
+        try:
+            return cls.from_json(obj)
+        except FeatureSpecError as e:
+            raise FeatureSpecError(f"feature spec {path}: {e}") from None
 
     # tf.io -----------------------------------------------------------------------------------
     def to_tf(self) -> dict:
