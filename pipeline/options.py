@@ -253,14 +253,15 @@ def _import_more_option_classes() -> bool:
 
 def _option_classes() -> list[type]:
     """Every PipelineOptions subclass that defines options, Beam's and ours, once each (by
-    name, as PipelineOptions.get_all_options picks them), with ours last."""
+    name, as PipelineOptions.get_all_options picks them), ours first so that our own types
+    check our own flags whatever else is loaded."""
     found, stack = {}, list(PipelineOptions.__subclasses__())
     while stack:
         cls = stack.pop(0)
         stack.extend(cls.__subclasses__())
         if "_add_argparse_args" in cls.__dict__:
             found.setdefault(str(cls), cls)
-    return sorted(found.values(), key=lambda c: c is BatchPredictOptions)
+    return sorted(found.values(), key=lambda c: c is not BatchPredictOptions)
 
 
 def all_options_parser() -> tuple[_CheckingParser, list[argparse.Action]]:
@@ -270,8 +271,8 @@ def all_options_parser() -> tuple[_CheckingParser, list[argparse.Action]]:
     for cls in _option_classes():
         try:
             cls._add_argparse_args(parser)
-        except argparse.ArgumentError:  # a flag two classes define: Beam's own parse fails
-            pass                        # on it too, so it is not ours to judge
+        except argparse.ArgumentError:  # it re-defines a flag added already (a subclass of
+            pass                        # another options class): that flag is known
     required = [a for a in parser._actions if a.required]
     for action in required:
         action.required = False

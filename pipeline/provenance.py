@@ -59,12 +59,18 @@ def parse_label_values(values: list[str] | None) -> dict[str, str]:
         elif "=" in item:
             key, value = item.split("=", 1)
             if not key.strip():
-                raise OptionsError(f"--labels {raw!r}: the label has no key; give key=value")
+                raise OptionsError(f"--labels {_shown(raw)}: the label has no key; give "
+                                   "key=value")
             labels[key.strip()] = value
         else:
-            raise OptionsError(f"--labels {raw!r}: a label is key=value (e.g. --labels "
+            raise OptionsError(f"--labels {_shown(raw)}: a label is key=value (e.g. --labels "
                                "team=ml) or a JSON object (--labels '{\"team\": \"ml\"}')")
     return labels
+
+
+def _shown(raw: str) -> str:
+    text = repr(raw)
+    return text if len(text) <= 80 else text[:76] + "...'"
 
 
 def _json_labels(raw: str) -> dict[str, str]:
@@ -72,17 +78,18 @@ def _json_labels(raw: str) -> dict[str, str]:
         obj = json.loads(raw)
     except (ValueError, RecursionError) as e:
         reason = e.args[0] if isinstance(e, ValueError) else "nested too deeply"
-        raise OptionsError(f"--labels {raw!r} is not a JSON object: {reason}") from None
+        raise OptionsError(f"--labels {_shown(raw)} is not a JSON object: {reason}"
+                           ) from None
     if not isinstance(obj, dict):
-        raise OptionsError(f"--labels {raw!r} must be a JSON object of labels, got a "
+        raise OptionsError(f"--labels {_shown(raw)} must be a JSON object of labels, got a "
                            f"{type(obj).__name__}")
     labels = {}
     for key, value in obj.items():
         if not key.strip():
-            raise OptionsError(f"--labels {raw!r}: a label has an empty key")
+            raise OptionsError(f"--labels {_shown(raw)}: a label has an empty key")
         if isinstance(value, bool) or not isinstance(value, (str, int, float)) or \
                 (isinstance(value, float) and not math.isfinite(value)):
-            raise OptionsError(f"--labels {raw!r}: label {key!r} must be a string or a "
+            raise OptionsError(f"--labels {_shown(raw)}: label {key!r} must be a string or a "
                                f"number, got {json.dumps(value)[:40]}")
         labels[key] = str(value)
     return labels

@@ -175,6 +175,18 @@ def test_beam_options_pass_through_in_both_forms():
         "--tf_intra_op_threads", "0", "--csv_list_separator", ";"])
 
 
+def test_the_example_job_specs_command_line_passes():
+    """`python -m jobs run` builds the pipeline's argv from a spec: its runner options are
+    Beam's, its labels a JSON object."""
+    import datetime as dt
+
+    from jobs.spec import load_spec, pipeline_argv
+    argv = pipeline_argv(load_spec(os.path.join(ROOT, "jobs", "nightly_scores.yaml")),
+                         dt.date(2026, 3, 1))
+    assert "--labels" in argv and "--runner" in argv
+    check_argv(argv)
+
+
 def test_a_run_with_beam_flags_and_labels_succeeds(tmp_path, demo_model_base, small_input,
                                                    capsys):
     out = tmp_path / "out"
