@@ -94,13 +94,6 @@ def _patterns(text: str) -> str:
     return text
 
 
-def _output_dir(text: str) -> str:
-    if not text.strip() or not text.strip("/"):
-        raise argparse.ArgumentTypeError(
-            f"must name an output dir, got {text!r}; give a local path or gs://bucket/path")
-    return text
-
-
 def _list_separator(text: str) -> str:
     """A CSV cell's value separator: a newline, carriage return or quote in it would split or
     quote the row itself, and an empty one cannot split anything."""
@@ -126,7 +119,8 @@ class BatchPredictOptions(PipelineOptions):
             "--input", required=True, type=_patterns,
             help="comma-separated file patterns (globs), local or gs://")
         parser.add_argument(
-            "--output", required=True, type=_output_dir,
+            "--output", required=True,
+            type=_text("the output dir, a local path or gs://bucket/path"),
             help="output dir for predictions-*, errors-*, metrics/ and _SUCCESS")
         parser.add_argument(
             "--input_format", choices=["tfrecord", "csv"], default=None,

@@ -85,8 +85,8 @@ def test_bad_values_of_this_jobs_options(job, extra, words):
 
 @pytest.mark.parametrize("option, value, words", [
     ("--model", "", "is empty"), ("--input", "", "names no file pattern"),
-    ("--input", " , ", "names no file pattern"), ("--output", "", "must name an output dir"),
-    ("--output", "/", "must name an output dir")])
+    ("--input", " , ", "names no file pattern"), ("--output", "", "is empty"),
+    ("--output", "/", "'/' is the filesystem root")])
 def test_empty_paths(job, tmp_path, demo_model_base, small_input, option, value, words):
     argv = {"--model": demo_model_base, "--input": small_input,
             "--output": str(tmp_path / "out")}

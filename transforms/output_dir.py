@@ -76,20 +76,20 @@ def normalize_output(output: str) -> str:
     no trailing slash. Refuses what cannot be a directory this run owns."""
     text = (output or "").strip()
     if not text:
-        raise OutputError("--output is empty; pass the directory to write predictions into")
+        raise OutputError("--output: is empty; pass the directory to write predictions into")
     if _remote(text):
         scheme, _, rest = text.partition("://")
         bucket = rest.split("/", 1)[0]
         if not bucket:
-            raise OutputError(f"--output {output!r} names no bucket; pass e.g. "
+            raise OutputError(f"--output: {output!r} names no bucket; pass e.g. "
                               f"{scheme}://BUCKET/scores/DATE")
         return text.rstrip("/")
     path = os.path.abspath(text)
     if os.path.dirname(path) == path:
-        raise OutputError(f"--output {output!r} is the filesystem root; pass a directory of "
+        raise OutputError(f"--output: {output!r} is the filesystem root; pass a directory of "
                           "its own, e.g. ./scores")
     if os.path.lexists(path) and not os.path.isdir(path):
-        raise OutputError(f"--output {output!r} exists and is not a directory; pass a "
+        raise OutputError(f"--output: {output!r} exists and is not a directory; pass a "
                           "directory (it is created if missing)")
     return path
 
