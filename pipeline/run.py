@@ -165,9 +165,15 @@ def execute(argv: list[str]) -> tuple[int, str | None]:
     except USER_ERRORS + (RunnerOptionsError,) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE, None
-    except (Stopped, Exception):
+    except (Stopped, Exception) as e:
         if stop.signum is None:
-            raise
+            # not the operator's mistake: the traceback is for a bug report, the last line
+            # says what it means for the output
+            _LOG.error("the job failed while running", exc_info=True)
+            print(f"error: the job failed while running ({_first_line(e)}); nothing final was "
+                  "written, the previous outputs are unchanged; a re-run of the same command "
+                  "starts over", file=sys.stderr)
+            return EXIT_FAILED, None
         # the signal may surface inside a DoFn, where Beam wraps it in a RuntimeError
         logging.disable(logging.NOTSET)
         print(f"error: stopped by {signal.Signals(stop.signum).name} before the job finished; "
@@ -202,6 +208,11 @@ def execute(argv: list[str]) -> tuple[int, str | None]:
               file=sys.stderr)
         return EXIT_ERROR_BUDGET, where
     return EXIT_OK, where
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
 
 
 class Stopped(BaseException):

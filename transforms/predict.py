@@ -84,6 +84,12 @@ def _intra_op_threads() -> int:
     return tf.config.threading.get_intra_op_parallelism_threads()
 
 
+def _inter_op_threads() -> int:
+    """TensorFlow's inter-op pool size in this process (0: TensorFlow's default)."""
+    import tensorflow as tf
+    return tf.config.threading.get_inter_op_parallelism_threads()
+
+
 @dataclasses.dataclass
 class PredictionBatch(Batch):
     """Scored records: where they came from (or their key) and one array per model output."""
@@ -370,7 +376,8 @@ class PredictDoFn(beam.DoFn):
             "pid": holder.pid, "host": socket.gethostname(), "model": m.version.path,
             "version": m.version.version, "signature": m.signature,
             "load_seconds": round(m.load_seconds, 3), "stage_seconds": round(m.stage_seconds, 3),
-            "tf_intra_op_threads": _intra_op_threads()})
+            "tf_intra_op_threads": _intra_op_threads(),
+            "tf_inter_op_threads": _inter_op_threads()})
 
     def _take(self, n: int) -> _Chunk:
         parts, taken = [], 0
