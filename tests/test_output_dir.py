@@ -383,6 +383,21 @@ def test_finalize_failing_at_every_step_never_lies_and_a_retry_finishes(tmp_path
         assert reference[0] == "not final" and "manifest.json" in reference[1]
 
 
+def test_a_finished_run_appearing_while_this_one_writes_is_not_replaced_without_overwrite(
+        tmp_path):
+    """Without --overwrite, finalize refuses an output dir that gained a finished run's
+    outputs after start-up (written by something that ignores the lock)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    staging = _stage(out)
+    _previous_run(out)  # lands while this run writes
+    before = _tree(out)
+    with pytest.raises(od.OutputError, match="gained a finished run's outputs while this run "
+                                             "was writing"):
+        _commit(out, staging, overwrite=False)
+    assert _tree(out) == before  # nothing of the other run was touched
+
+
 def test_a_pipeline_whose_finalize_runs_twice_ends_as_if_once(tmp_path, monkeypatch,
                                                                demo_model_base, small_input,
                                                                dirty_input):
