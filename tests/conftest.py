@@ -4,9 +4,38 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("NO_GCE_CHECK", "true")  # never probe the GCE metadata server
 
+import tempfile  # noqa: E402
+
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 from pipeline import demo  # noqa: E402
+
+# Hypothesis: no example database in the work tree; in CI a fixed seed (the same examples on
+# every run, so a red CI is reproducible), locally fresh examples each run. The health checks
+# that fire on a loaded 2-core machine (slow data generation) are not about the product.
+_HYPOTHESIS = dict(database=None, deadline=None,
+                   suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", derandomize=True, **_HYPOTHESIS)
+settings.register_profile("dev", **_HYPOTHESIS)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_temp_dir(tmp_path_factory):
+    """Everything the code under test puts in "the system temp dir" (staged models, Beam's
+    staging, TensorFlow's autograph files), here and in worker subprocesses, lands under this
+    session's pytest tmp dir instead of /tmp."""
+    path = str(tmp_path_factory.mktemp("system-tmp"))
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = path
+    tempfile.tempdir = path
+    yield path
+    tempfile.tempdir = saved[1]
+    if saved[0] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved[0]
 
 
 @pytest.fixture(scope="session")

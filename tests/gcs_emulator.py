@@ -31,12 +31,6 @@ PROJECT = "emulated-project"
 SERVICE_ACCOUNT = "default"  # not an e-mail: avoids google-auth's remote trust-boundary lookup
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
 class _MetadataHandler(BaseHTTPRequestHandler):
     """The few metadata paths google-auth's Compute Engine credentials read."""
 
@@ -172,9 +166,10 @@ def gcs():
     from gcp_storage_emulator.server import create_server
     metadata = MetadataServer()
     metadata.start()
-    port = free_port()
-    server = create_server(LOOPBACK, port, in_memory=True)
+    # port 0: the kernel picks a free port as the server binds it (no bind-close-rebind race)
+    server = create_server(LOOPBACK, 0, in_memory=True)
     server.start()
+    port = server._api._httpd.server_address[1]
     env = gcs_env(f"http://{LOOPBACK}:{port}", metadata.host)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

@@ -473,23 +473,36 @@ def test_a_second_run_on_a_busy_output_dir_is_refused(tmp_path, demo_model_base,
     assert _score(demo_model_base, small_input["path"], out) == EXIT_OK  # free again
 
 
+def start_paused_job(tmp_path, *argv):
+    """`python -m pipeline argv` in a child, paused inside Predict with two batches staged;
+    returns the process once it has reached that point."""
+    marker = tmp_path / "paused"
+    env = dict(os.environ, PAUSE_MARKER=str(marker))
+    proc = subprocess.Popen([sys.executable, "-m", "tests.stoppable_job", *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, "the job never reached its pause"
+        time.sleep(0.05)
+    return proc
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_stopped_run_exits_in_one_line(tmp_path, demo_model_base, sig, code):
-    data = tmp_path / "data"
-    data.mkdir()
-    write_tfrecords(demo_rows(60000, seed=3), str(data / "part.tfrecord"))
+def test_a_stopped_run_exits_in_one_line(tmp_path, demo_model_base, small_input, sig, code):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pipeline", "--model", demo_model_base, "--input",
-           str(data / "part.tfrecord"), "--output", str(out), "--batch_size", "256"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not glob.glob(str(out / ".tmp-*/predictions-*")) and time.time() < deadline:
-        time.sleep(0.02)
+    argv = ["--model", demo_model_base, "--input", small_input["path"], "--output", str(out),
+            "--batch_size", "5"]
+    proc = start_paused_job(tmp_path, *argv)
+    assert glob.glob(str(out / ".tmp-*/predictions-*"))  # stopped in the middle of writing
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err[-3000:]
     line = _one_error_line(err)
     assert f"stopped by {signal.Signals(sig).name}" in line
     assert not (out / "_SUCCESS").exists() and not (out / "manifest.json").exists()
-    assert _score(demo_model_base, str(data / "part.tfrecord"), out) == EXIT_OK  # lock freed
+    assert not glob.glob(str(out / "predictions-*"))
+    assert _score(demo_model_base, small_input["path"], out) == EXIT_OK  # the dir is free
+    assert {r["id"] for r in predictions(str(out))} == small_input["ids"]
