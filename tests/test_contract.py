@@ -86,3 +86,30 @@ def test_a_record_lost_inside_the_job_is_reported_and_never_marked_done(
     assert not os.path.exists(os.path.join(out, "_SUCCESS"))
     assert len(predictions(out)) == 319
     assert glob.glob(os.path.join(out, ".tmp-*")) == []
+
+
+def test_a_signature_that_parses_examples_two_ways_is_refused(tmp_path, capsys):
+    """Two parse ops with different specs behind one signature: no spec is "the model's", so
+    the run is refused rather than scored with whichever parse op was found first."""
+    import tensorflow as tf
+
+    class TwoWays(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        def serve(self, examples):
+            a = tf.io.parse_example(examples, {"x": tf.io.FixedLenFeature([], tf.float32)})
+            b = tf.io.parse_example(examples, {"x": tf.io.FixedLenFeature([2], tf.float32,
+                                                                          [0.0, 0.0])})
+            return {"y": a["x"] + tf.reduce_sum(b["x"], axis=1)}
+    module = TwoWays()
+    model = str(tmp_path / "model")
+    tf.saved_model.save(module, model, signatures={"serving_default": module.serve})
+    data = str(tmp_path / "x.tfrecord")
+    with tf.io.TFRecordWriter(data) as w:
+        w.write(tf.train.Example(features=tf.train.Features(feature={
+            "x": tf.train.Feature(float_list=tf.train.FloatList(value=[1.0]))}))
+            .SerializeToString())
+    out = tmp_path / "out"
+    assert main(["--model", model, "--input", data, "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "the signature parses examples in 2 different ways" in err
+    assert "Traceback" not in err and not out.exists()
