@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench mutants clean
 
 $(STAMP): setup.py requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ demo: setup  ## build the demo model + data, score TFRecord and CSV on the local
 
 test: setup  ## the whole test suite (what CI runs)
 	$(BIN)/python -m pytest tests $(ARGS)
+
+mutants: setup  ## plant known bugs one at a time and check the tests catch each (minutes)
+	$(BIN)/python -m tests.mutants $(ARGS)
 
 bench: setup  ## throughput benchmarks (prints a table)
 	$(BIN)/python -m benchmarks $(ARGS)

@@ -122,11 +122,12 @@ def test_symlinks_at_our_names_are_refused(tmp_path, demo_model_base, small_inpu
         os.symlink(elsewhere, out / "metrics")
     else:
         os.symlink(elsewhere / "target", out / name)  # dangling
-    before = _tree(elsewhere)
+    before, inside = _tree(elsewhere), sorted(os.listdir(out))
     for extra in ([], ["--overwrite"]):
         assert _score(demo_model_base, small_input["path"], out, *extra) == EXIT_USAGE
         assert "symlink" in _one_error_line(capsys.readouterr().err)
     assert _tree(elsewhere) == before
+    assert sorted(os.listdir(out)) == inside  # refused at start-up: no lock, no staging dir
     assert not (elsewhere / "target").exists()
 
 

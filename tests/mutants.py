@@ -1,0 +1,180 @@
+"""`python -m tests.mutants [NAME ...] [--list]` (`make mutants`): plant known bugs in a copy of
+the code, one at a time, run the tests that should catch each, and print which survived.
+
+Each mutant is a realistic slip (a count taken from the wrong place, a check dropped, an order
+swapped), written as one exact text replacement in one file; the tests named with it must fail
+on it. A mutant whose text is no longer in the code is reported as stale (the code moved: update
+the mutant), and one that makes the tests error out instead of fail is reported as broken.
+Exit status 0 only when every mutant was killed. Not part of `make test`: it runs the named
+tests once per mutant (several minutes).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str          # file relative to the repository root
+    old: str           # exact text, found exactly once
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTANTS = [
+    Mutant("records_in summed from the outputs instead of counted by the reader",
+           "transforms/write.py",
+           'records_in = total["records"]\n    errors = total["errors"]',
+           'errors = total["errors"]\n    records_in = total["predicted"] + errors',
+           ("tests/test_contract.py::test_a_record_lost_inside_the_job_is_reported_and_never_"
+            "marked_done",)),
+    Mutant("a run that lost records still gets _SUCCESS",
+           "transforms/write.py",
+           'within = summary["within_error_budget"] and summary["accounted"]',
+           'within = summary["within_error_budget"]',
+           ("tests/test_contract.py::test_a_record_lost_inside_the_job_is_reported_and_never_"
+            "marked_done",)),
+    Mutant("the model loaded per DoFn instance, not once per process",
+           "transforms/predict.py",
+           "self._holder = self._shared.acquire(self._load, tag=shared_tag(self._config))",
+           "self._holder = self._load()",
+           ("tests/test_contract.py::test_the_model_is_loaded_once_per_worker_process",)),
+    Mutant("the first of two different parse ops silently wins",
+           "transforms/introspect.py",
+           "    if len(specs) > 1:\n", "    if len(specs) > 1 and False:\n",
+           ("tests/test_contract.py::test_a_signature_that_parses_examples_two_ways_is_refused",)),
+    Mutant("_SUCCESS written before the staged files are renamed",
+           "transforms/output_dir.py",
+           "    _place(output, renames, ops)\n    manifest = manifest_for(output, sorted(targets))",
+           "    if within_budget:\n        ops.write(_join(output, SUCCESS), b'')\n"
+           "    _place(output, renames, ops)\n    manifest = manifest_for(output, sorted(targets))",
+           ("tests/test_output_dir.py::test_finalize_failing_at_every_step_never_lies_and_a_"
+            "retry_finishes",)),
+    Mutant("--overwrite deletes every file in the output dir",
+           "transforms/output_dir.py",
+           "return _OWN_FILE.fullmatch(relative) is not None", "return True",
+           ("tests/test_output_dir.py::test_overwrite_removes_only_this_tools_outputs",)),
+    Mutant("a retried finalize fails on files it already moved",
+           "transforms/output_dir.py",
+           "        elif not ops.exists(target):\n", "        else:\n",
+           ("tests/test_output_dir.py::test_finalize_failing_at_every_step_never_lies_and_a_"
+            "retry_finishes",)),
+    Mutant("a run over its budget replaces the last good output",
+           "transforms/output_dir.py",
+           "if not within_budget and SUCCESS in found.files:",
+           "if not within_budget and SUCCESS in found.files and False:",
+           ("tests/test_output_dir.py::test_an_over_budget_overwrite_keeps_the_last_good_output",)),
+    Mutant("symlinks at our names are not refused at start-up",
+           "transforms/output_dir.py",
+           "    found = scan(output)\n    if found.odd:\n        raise OutputError(f\"{output}/"
+           "{found.odd[0]} is a symlink",
+           "    found = scan(output)\n    if found.odd and False:\n        raise OutputError("
+           "f\"{output}/{found.odd[0]} is a symlink",
+           ("tests/test_output_dir.py::test_symlinks_at_our_names_are_refused",)),
+    Mutant("the output dir is not locked",
+           "transforms/output_dir.py",
+           "        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n", "        pass\n",
+           ("tests/test_output_dir.py::test_a_second_run_on_a_busy_output_dir_is_refused",)),
+    Mutant("stale staging dirs are never removed",
+           "transforms/output_dir.py",
+           "            if stale != staging_name(run_id):",
+           "            if stale != staging_name(run_id) and False:",
+           ("tests/test_output_dir.py::test_stale_staging_dirs_are_removed_by_the_next_"
+            "successful_run",)),
+    Mutant("an input inside the output dir is accepted",
+           "transforms/output_dir.py",
+           "    inside = [p for p in inputs if _inside(p, output)]",
+           "    inside = []",
+           ("tests/test_output_dir.py::test_an_output_dir_that_holds_an_input_is_refused",)),
+    Mutant("an int64 key read as float32",
+           "pipeline/build.py",
+           '"int64_list": "int64"', '"int64_list": "float32"',
+           ("tests/test_readme_promises.py::test_key_dtype_auto_reads_the_first_record",)),
+    Mutant("error payloads cut one byte short",
+           "transforms/records.py",
+           "payload = payload[:MAX_PAYLOAD_BYTES]", "payload = payload[:MAX_PAYLOAD_BYTES - 1]",
+           ("tests/test_bad_inputs.py",)),
+    Mutant("model-error rows point at the next record",
+           "transforms/predict.py",
+           "errors_row = error_row(chunk.shards[pos], chunk.indices[pos], etype, message,",
+           "errors_row = error_row(chunk.shards[pos], chunk.indices[pos] + 1, etype, message,",
+           ("tests/test_faults.py::test_model_error_on_some_records_spares_the_rest",)),
+]
+
+
+def _copy_tree(dest: str) -> None:
+    """The work tree as it is (tracked and new files, not ignored ones) into dest."""
+    listed = subprocess.run(["git", "-C", ROOT, "ls-files", "-z", "--cached", "--others",
+                             "--exclude-standard"], capture_output=True, check=True).stdout
+    for rel in filter(None, listed.decode().split("\0")):
+        src = os.path.join(ROOT, rel)
+        if not os.path.isfile(src):
+            continue
+        os.makedirs(os.path.join(dest, os.path.dirname(rel)), exist_ok=True)
+        shutil.copy2(src, os.path.join(dest, rel))
+
+
+def run_mutant(mutant: Mutant, work: str) -> tuple[str, float, str]:
+    """('killed' | 'SURVIVED' | 'stale' | 'broken', seconds, detail) for one mutant."""
+    path = os.path.join(work, mutant.path)
+    original = open(path, encoding="utf-8").read()
+    if original.count(mutant.old) != 1:
+        return "stale", 0.0, f"text found {original.count(mutant.old)} times in {mutant.path}"
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(original.replace(mutant.old, mutant.new))
+    start = time.monotonic()
+    try:
+        done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p",
+                               "no:cacheprovider", *mutant.tests], cwd=work,
+                              capture_output=True, text=True, env=dict(os.environ, CI="true"))
+    finally:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(original)
+    seconds = time.monotonic() - start
+    tail = (done.stdout.strip().splitlines() or [""])[-1]
+    if done.returncode == 1:
+        return "killed", seconds, tail
+    if done.returncode == 0:
+        return "SURVIVED", seconds, tail
+    return "broken", seconds, f"pytest exit {done.returncode}: {tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.mutants", description=__doc__
+                                     .splitlines()[0])
+    parser.add_argument("names", nargs="*", help="run only mutants whose name contains one "
+                                                 "of these words")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTANTS if not args.names or any(n in m.name for n in args.names)]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name}  ({m.path}; {', '.join(m.tests)})")
+        return 0
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mutants-") as work:
+        _copy_tree(work)
+        for i, mutant in enumerate(chosen, 1):
+            verdict, seconds, detail = run_mutant(mutant, work)
+            results.append(verdict)
+            print(f"[{i:2d}/{len(chosen)}] {verdict:<8} {seconds:6.1f}s  {mutant.name}"
+                  f"{'' if verdict == 'killed' else '  -- ' + detail}", flush=True)
+    killed = results.count("killed")
+    print(f"{killed} of {len(results)} mutants killed"
+          + "".join(f", {results.count(v)} {v.lower()}" for v in ("SURVIVED", "stale", "broken")
+                    if v in results))
+    return 0 if killed == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
