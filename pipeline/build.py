@@ -23,7 +23,7 @@ from pipeline.options import DEFAULT_BATCH_SIZE, BatchPredictOptions
 from transforms import metrics as m
 from transforms.feature_spec import FeatureSpec, FeatureSpecError
 from transforms.model import ModelError, configure_threads, open_model
-from transforms.parse import ParseWithSpecDoFn
+from transforms.parse import ParseWithSpecDoFn, check_csv_header
 from transforms.predict import ModelConfig, ModelHolder, PredictDoFn, shared_tag
 from transforms.read import InputError, ReadRecordBatches, infer_format, match_inputs
 from transforms.records import Batch
@@ -55,6 +55,7 @@ class JobPlan:
     shared_model: object = None
     model_holder: object = None
     auto_batch: bool = False  # --batch_size auto: PredictDoFn tunes the call size
+    max_record_bytes: int = 128 << 20  # --max_record_bytes: the readers' record cap
     # this run's hold on the output dir (lock + staging dir), kept by the launcher until the
     # job ends; None for a Dataflow job that is only built
     claim: object = None
@@ -73,16 +74,19 @@ def _key_dtype(opts, spec: FeatureSpec, input_format: str, first_file: str) -> s
         return spec[opts.key_field].dtype
     if input_format == "csv":
         return "string"
-    return peek_key_dtype(first_file, opts.key_field)
+    return peek_key_dtype(first_file, opts.key_field,
+                          getattr(opts, "max_record_bytes", None) or (128 << 20))
 
 
-def peek_key_dtype(path: str, key: str) -> str:
+def peek_key_dtype(path: str, key: str, max_record_bytes: int = 128 << 20) -> str:
     """The dtype of `key` in the first readable tf.Example of a TFRecord file."""
     import tensorflow as tf
     from transforms.read import iter_tfrecords, open_shard
     stream, _ = open_shard(path)
     try:
-        for item in iter_tfrecords(stream, chunk_bytes=64 << 10):  # one record is enough
+        # one record is enough; a corrupt length is an error item, never a huge allocation
+        for item in iter_tfrecords(stream, chunk_bytes=64 << 10,
+                                   max_record_bytes=max_record_bytes):
             if item[0] != "ok":
                 continue
             try:
@@ -150,6 +154,9 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
     _LOG.info("plan: model %s, signature %s (%s), spec from %s: %d features",
               model.version.path, opts.signature, model.info.convention, model.spec_source,
               len(model.spec))
+    max_record_bytes = getattr(opts, "max_record_bytes", None) or (128 << 20)
+    if input_format == "csv":  # the first file's header against the spec and key
+        check_csv_header(files[0][0], model.spec, opts.key_field, max_record_bytes)
     key_dtype = _key_dtype(opts, model.spec, input_format, files[0][0])
     if opts.key_field is not None and opts.key_field in model.output_names:
         raise InputError(f"--key_field {opts.key_field!r} is also a model output name; "
@@ -198,7 +205,8 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
                    batch_size=DEFAULT_BATCH_SIZE if auto_batch else opts.batch_size,
                    auto_batch=auto_batch, overwrite=opts.overwrite,
                    max_error_rate=opts.max_error_rate, list_separator=opts.csv_list_separator,
-                   run_info=run_info, shared_model=shared_model, model_holder=holder)
+                   run_info=run_info, shared_model=shared_model, model_holder=holder,
+                   max_record_bytes=max_record_bytes)
 
 
 def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
@@ -208,7 +216,8 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
     csv_columns = list(plan.model.spec) + ([plan.model.key_field]
                                            if plan.model.key_field else [])
     read = p | "Read" >> ReadRecordBatches([f for f, _ in plan.files], plan.input_format,
-                                           plan.batch_size, columns=csv_columns)
+                                           plan.batch_size, columns=csv_columns,
+                                           max_record_bytes=plan.max_record_bytes)
     parsed = read.batches | "ParseWithSpec" >> beam.ParDo(
         ParseWithSpecDoFn(plan.model.spec, plan.model.key_field, plan.list_separator)
     ).with_output_types(Batch).with_outputs("errors", main="records")

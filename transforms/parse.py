@@ -8,16 +8,40 @@ CSV row and the equivalent tf.Example reach the model identically:
 - an empty cell is an absent feature: the spec's default applies for fixed features with a
   default, a required feature becomes a `missing_feature` error row, a variable-length feature
   is empty;
-- int64 cells accept integral floats (`180.0` -> 180); anything else unconvertible is a
-  `parse_error` row naming the column;
+- numbers are ASCII only, in decimal or scientific notation (`12`, `-0.5`, `.5`, `1e3`,
+  `+7`), with surrounding ASCII spaces allowed: Unicode digits (`٣`, `３`), `1_000`, hex and
+  anything else Python or Arrow would also read is a `parse_error`;
+- float32 cells: `nan`, `inf` and `infinity`, with an optional sign and in any letter case,
+  are NaN and ±infinity (a tf.Example's float_list holds them, so an explicit spelling is
+  data); any other number whose magnitude is beyond float32's range (`1e39`, and `1e400`,
+  which Python and Arrow round to infinity) is a `parse_error` "out of float32 range";
+- int64 cells accept integral floats (`180.0` -> 180, `1e3` -> 1000), never NaN or
+  infinity; beyond int64 is a `parse_error` "out of int64 range"; anything else
+  unconvertible is a `parse_error` row naming the column;
+- the vectorised path (Arrow's cast) and the cell-by-cell path follow these same rules;
 - multi-valued cells (fixed shape with more than one value, variable-length features) hold
   values separated by `list_separator` (default `|`);
-- columns not in the spec are ignored (except the key column).
+- columns not in the spec are ignored (except the key column); an empty key cell is a
+  `missing_key` row, like a tf.Example without the key.
+
+The header rule (`header_problem`) names the columns the job reads: the spec's features and
+the key column. A header is unusable when
+- a column the job reads appears more than once (which one holds the values is unclear);
+- a feature (or the key) is absent but a column matches it in another letter case (`AGE` for
+  `age`): the message names both spellings;
+- it holds none of the spec's features (often: a file without a header line);
+- a required feature (fixed, no default) is not a column.
+The first CSV input is checked at start-up (`check_csv_header`: InputError, exit 2); in any
+other file, every data row becomes a `csv_format` error row naming the problem, so that the
+counts stay exact. A key column that is simply absent is not a header problem: each row is a
+`missing_key` row.
 """
 from __future__ import annotations
 
 import decimal
 import math
+import re
+import zlib
 
 import apache_beam as beam
 import numpy as np
@@ -27,7 +51,7 @@ import pyarrow.compute as pc
 from transforms.examples import FeatureColumn, encode_examples
 from transforms.feature_spec import Feature, FeatureSpec
 from transforms.records import CsvBatch, RecordBatch, error_row, in_global_window
-from transforms.read import NAMESPACE
+from transforms.read import DEFAULT_MAX_RECORD_BYTES, NAMESPACE
 
 _NP = {"float32": np.float32, "int64": np.int64}
 
@@ -52,19 +76,25 @@ class _CellError(Exception):
 
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+# Numbers in CSV cells: ASCII only, decimal or scientific notation (what CSV writers emit).
+# Python's float() and int() would also take "1_000", Unicode digits ("٣", "３") and Unicode
+# spaces; Arrow's cast would also take "nan(123)". Both readers are held to this grammar.
+_ASCII_SPACE = " \t\n\r\x0b\x0c"
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_NON_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
 
 
 def _to_int(cell: str) -> int:
-    if "_" in cell:  # Python reads "1_000"; CSV writers never mean it
+    if not _DECIMAL.fullmatch(cell):
         raise ValueError(f"{cell!r} is not an integer")
     try:
         value = int(cell)
     except ValueError:
-        try:  # "180.0" is 180 and "1e3" is 1000, exactly (Decimal, not float: no rounding)
-            number = decimal.Decimal(cell)
-        except decimal.InvalidOperation:
-            raise ValueError(f"{cell!r} is not an integer") from None
-        if not number.is_finite() or number != number.to_integral_value():
+        # "180.0" is 180 and "1e3" is 1000, exactly (Decimal, not float: no rounding)
+        number = decimal.Decimal(cell)
+        if number.adjusted() > 19:  # "1e999999999": never build that integer
+            raise OverflowError(f"{cell!r} is out of int64 range") from None
+        if number != number.to_integral_value():
             raise ValueError(f"{cell!r} is not an integer") from None
         value = int(number)
     if not _INT64_MIN <= value <= _INT64_MAX:
@@ -73,12 +103,14 @@ def _to_int(cell: str) -> int:
 
 
 def _to_float32(cell: str) -> float:
-    if "_" in cell:
+    if _NON_FINITE.fullmatch(cell):
+        return float(cell)  # an explicit NaN or infinity is data: float_list holds them
+    if not _DECIMAL.fullmatch(cell):
         raise ValueError(f"{cell!r} is not a number")
-    value = float(cell)
+    value = float(cell)  # 1e400 is inf here: out of range like 1e39
     with np.errstate(over="ignore"):
         as_float32 = float(np.float32(value))
-    if math.isfinite(value) and not math.isfinite(as_float32):
+    if not math.isfinite(as_float32):
         raise OverflowError(f"{cell!r} is out of float32 range")
     return value
 
@@ -100,8 +132,8 @@ def _bad_value(feature: Feature, cell: str, e: Exception) -> str:
 def _convert_cell(cell: str, feature: Feature, sep: str) -> list:
     parts = cell.split(sep) if (feature.kind != "fixed" or feature.num_values != 1) else [cell]
     try:
-        values = [_convert_scalar(p.strip() if feature.dtype != "string" else p, feature.dtype)
-                  for p in parts]
+        values = [_convert_scalar(p.strip(_ASCII_SPACE) if feature.dtype != "string" else p,
+                                  feature.dtype) for p in parts]
     except (ValueError, OverflowError) as e:
         raise _CellError("parse_error", _bad_value(feature, cell, e)) from None
     except UnicodeEncodeError:
@@ -160,16 +192,23 @@ def convert_column(cells, feature: Feature, sep: str = "|"
         except (pa.ArrowInvalid, ValueError, OverflowError):
             for i in np.flatnonzero(present):
                 try:
-                    values[i] = _convert_scalar(cells[i].strip(), feature.dtype)
+                    values[i] = _convert_scalar(cells[i].strip(_ASCII_SPACE), feature.dtype)
                 except (ValueError, OverflowError) as e:
                     errors[i] = _CellError("parse_error", _bad_value(feature, cells[i], e))
-        if feature.dtype == "float32":  # finite text beyond float32's range is an error
+        if feature.dtype == "float32":
+            # finite text beyond float32's range is an error, and so is text Arrow read as
+            # NaN or an infinity that is not one of their spellings ("1e400", "nan(1)")
             with np.errstate(over="ignore"):
-                too_big = np.isfinite(values) & ~np.isfinite(values.astype(np.float32))
-            for i in np.flatnonzero(too_big & present):
-                errors.setdefault(i, _CellError("parse_error", f"column {feature.name!r}: "
-                                                f"{cells[i][:80]!r} is out of float32 range"))
-            values = np.where(too_big, 0.0, values).astype(np.float32)
+                bad = ~np.isfinite(values.astype(np.float32)) & present
+            for i in np.flatnonzero(bad):
+                if i in errors:
+                    continue
+                try:
+                    _to_float32(cells[i].strip(_ASCII_SPACE))
+                    bad[i] = False
+                except (ValueError, OverflowError) as e:
+                    errors[i] = _CellError("parse_error", _bad_value(feature, cells[i], e))
+            values = np.where(bad, 0.0, values).astype(np.float32)
         sizes = present.astype(np.int32)
         return FeatureColumn(feature.name, feature.dtype, values, sizes, present), errors
     lists: list[list] = [[] for _ in range(n)]
@@ -187,10 +226,82 @@ def convert_column(cells, feature: Feature, sep: str = "|"
                          present), errors
 
 
+def _names(names, limit: int = 8) -> str:
+    shown = ", ".join(repr(n[:80]) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def header_problem(header: list[str], spec: FeatureSpec, key_field: str | None) -> str | None:
+    """What makes a CSV header unusable with this spec and key, or None. The one rule for the
+    start-up check of the first file (`check_csv_header`) and for every file's rows
+    (`csv_to_examples`); see the module docstring."""
+    read = list(spec) + ([key_field] if key_field is not None and key_field not in spec
+                         else [])
+    counts: dict[str, int] = {}
+    for column in header:
+        counts[column] = counts.get(column, 0) + 1
+    problems = []
+    repeated = [c for c in read if counts.get(c, 0) > 1]
+    if repeated:
+        problems.append(f"column {_names(repeated)} appears more than once "
+                        f"({', '.join(str(counts[c]) for c in repeated[:8])} times), so which "
+                        "one holds the values is unclear")
+    wanted = set(read)
+    folded: dict[str, list[str]] = {}
+    for column in header:
+        if column not in wanted:
+            folded.setdefault(column.casefold(), []).append(column)
+    case_only = {}
+    for name in read:
+        if name not in counts and name.casefold() in folded:
+            case_only[name] = folded[name.casefold()]
+            what = "the key column" if name == key_field and name not in spec else "feature"
+            problems.append(f"column {_names(case_only[name])} matches {what} {name!r} only "
+                            f"in letter case; rename the column to {name!r}")
+    if spec and not case_only and not any(name in counts for name in spec):
+        problems.append(f"it has none of the model's features ({_names(list(spec))}); is "
+                        f"the first line a header? It reads {_names(header, 5)}")
+    missing = [f.name for f in spec.values()
+               if f.required and f.name not in counts and f.name not in case_only]
+    if missing and any(name in counts for name in spec):
+        problems.append(f"required feature {_names(missing)} is not a column")
+    return "; ".join(problems) or None
+
+
+def check_csv_header(path: str, spec: FeatureSpec, key_field: str | None,
+                     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
+    """Start-up check of one CSV file's header (the job's first input): raises InputError
+    when it is unreadable or when `header_problem` finds fault with it."""
+    from transforms.read import InputError, iter_csv_blocks, open_shard
+    stream, _ = open_shard(path)
+    try:
+        items = iter_csv_blocks(stream, [], block_bytes=64 << 10,
+                                max_record_bytes=max_record_bytes)
+        first = next(items, None)
+        items.close()
+    except (OSError, EOFError, zlib.error) as e:
+        raise InputError(f"cannot read the CSV header of {path}: {e}") from None
+    finally:
+        stream.close()
+    if first is None or first[0] == "ok":
+        return
+    if first[0] == "error":
+        raise InputError(f"{path}: {first[4]}")
+    if first[0] == "header":
+        problem = header_problem(first[1], spec, key_field)
+        if problem is not None:
+            raise InputError(f"the CSV header of {path} does not fit the model: {problem}")
+
+
 def csv_to_examples(batch: CsvBatch, spec: FeatureSpec, key_field: str | None,
                     sep: str = "|") -> tuple[RecordBatch | None, list[dict]]:
     """Convert a CSV batch; returns the good rows as a RecordBatch and error rows."""
     n = len(batch)
+    problem = header_problem(batch.header, spec, key_field)
+    if problem is not None:  # every row of the file, so that the counts stay exact
+        return None, [error_row(batch.shard, batch.indices[i], "csv_format",
+                                f"CSV header: {problem}", batch.row_text(i),
+                                line=batch.lines[i]) for i in range(n)]
     bad: dict[int, tuple[str, str]] = {}
     columns = []
     for feature in spec.values():
@@ -216,8 +327,14 @@ def csv_to_examples(batch: CsvBatch, spec: FeatureSpec, key_field: str | None,
                                                   "CSV header"))
         else:
             cells = batch.column(key_field)
-            keys = (cells.to_numpy(zero_copy_only=False) if isinstance(cells, pa.Array)
-                    else np.array(cells, dtype=object))
+            if isinstance(cells, pa.Array):
+                keys = cells.to_numpy(zero_copy_only=False)
+                empty = pc.equal(cells, "").to_numpy(zero_copy_only=False)
+            else:
+                keys = np.array(cells + [None], dtype=object)[:-1]
+                empty = keys == ""
+            for i in np.flatnonzero(empty):  # like a tf.Example without the key
+                bad.setdefault(int(i), ("missing_key", f"key column {key_field!r} is empty"))
     errors = [error_row(batch.shard, batch.indices[i], etype, msg, batch.row_text(i),
                         line=batch.lines[i]) for i, (etype, msg) in sorted(bad.items())]
     if bad:

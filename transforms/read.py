@@ -8,6 +8,13 @@ string columns at once (`iter_csv_blocks`); a block it cannot read exactly as th
 module would (quotes, blank lines, a wrong column count, invalid UTF-8) goes through `iter_csv`,
 which keeps the line number of every row and lets one malformed row fail alone. Conversion to
 tensors happens later, in `transforms.parse`, column by column.
+
+Hostile files cost bounded memory and linear time: no record (TFRecord frame, CSV line) larger
+than `max_record_bytes` (default DEFAULT_MAX_RECORD_BYTES, 128 MiB) is held; it becomes an
+error row and is read past in chunks. A CSV file whose first line is not a text header (NUL
+bytes, invalid UTF-8, longer than the cap) is one `unreadable_tail` row. Inputs are matched
+once per file, whatever the spelling (`a`, `./a`, `/abs/a`, a symlink to it); a pattern that
+names only a directory is an InputError.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ import csv
 import gzip
 import io
 import logging
+import os
 import queue
 import struct
 import threading
@@ -27,13 +35,17 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.records import Batch, CsvBatch, RecordBatch, error_row
+from transforms.records import MAX_PAYLOAD_BYTES, Batch, CsvBatch, RecordBatch, error_row
 
 _LOG = logging.getLogger(__name__)
 NAMESPACE = "batch_predict"
 _READ_CHUNK = 4 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
-_CSV_FIELD_LIMIT = 1 << 30
+# The largest record (TFRecord frame or CSV line) read into memory; a larger one is an error
+# row, so that a corrupt length field or a file with no line ends cannot exhaust memory.
+DEFAULT_MAX_RECORD_BYTES = 128 << 20
+# one byte beyond what an error row keeps, so that the row says its payload was cut
+_PAYLOAD_KEEP = MAX_PAYLOAD_BYTES + 1
 
 FORMATS = ("tfrecord", "csv")
 
@@ -59,20 +71,38 @@ def infer_format(patterns: list[str]) -> str:
     return kinds.pop()
 
 
+def _same_file_key(path: str) -> str:
+    """What identifies a file whatever its spelling: the resolved path of a local file (so
+    `a`, `./a`, `/abs/a` and a symlink to it are one), the object name otherwise."""
+    if "://" in path and not path.startswith("file://"):
+        return path
+    return os.path.realpath(path[len("file://"):] if path.startswith("file://") else path)
+
+
+def _is_local_dir(path: str) -> bool:
+    return "://" not in path and os.path.isdir(path)
+
+
 def match_inputs(patterns: list[str]) -> list[tuple[str, int]]:
-    """(path, size) of every file the patterns match; fails on a pattern matching nothing."""
-    files: dict[str, int] = {}
+    """(path, size) of every file the patterns match, each file once (under the first
+    spelling that matched it); fails on a pattern matching nothing, or only directories."""
+    files: dict[str, tuple[str, int]] = {}
     for pattern in patterns:
         try:
             matched = FileSystems.match([pattern])[0].metadata_list
         except Exception as e:  # BeamIOError with a per-pattern cause
             raise InputError(f"cannot list input {pattern}: {e}") from None
         matched = [m for m in matched if not m.path.endswith("/")]
+        dirs = [m for m in matched if _is_local_dir(m.path)]
+        matched = [m for m in matched if not _is_local_dir(m.path)]
+        if dirs and not matched:
+            d = dirs[0].path.rstrip("/")
+            raise InputError(f"input {pattern} is a directory; pass a glob such as {d}/*")
         if not matched:
             raise InputError(f"input pattern {pattern} matches no files")
         for m in matched:
-            files[m.path] = m.size_in_bytes
-    return sorted(files.items())
+            files.setdefault(_same_file_key(m.path), (m.path, m.size_in_bytes))
+    return sorted(files.values())
 
 
 # --- TFRecord framing ---------------------------------------------------------------------------
@@ -95,18 +125,29 @@ _HEADER = struct.Struct("<QI")
 _CRC = struct.Struct("<I")
 
 
-def iter_tfrecord_batches(stream, max_records: int, chunk_bytes: int = _READ_CHUNK
-                          ) -> Iterator[tuple]:
+def _masked(c: int) -> int:
+    return ((((c >> 15) | (c << 17)) & _U32) + _MASK_DELTA) & _U32
+
+
+def iter_tfrecord_batches(stream, max_records: int, chunk_bytes: int = _READ_CHUNK,
+                          max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[tuple]:
     """Yield ("ok", payloads, indices) lists of up to max_records good records, and
     ("error", index, error_type, message, payload) where a frame is damaged.
 
     Both CRCs of every frame are checked (masked CRC32C, as TensorFlow writes them). A bad data
     CRC loses one record; a bad length CRC or a broken stream loses the rest of the file.
+    A length above `max_record_bytes` (a CRC-valid length can still be absurd: 2**40) is never
+    allocated: the record is read and discarded in chunks, its data CRC checked on the way, and
+    becomes one `corrupt_record` row (the first MAX_PAYLOAD_BYTES as payload) before reading
+    goes on; if the file ends first, the rest of the file is one `unreadable_tail` row.
+    Memory stays within about max_record_bytes + chunk_bytes, and every byte is copied a
+    bounded number of times: a record longer than what one read returns is gathered in pieces
+    and joined once (gzip's read1 returns small pieces).
     This loop is the reader's hot path: one pass per record, locals only, no calls but the
     two CRCs and one unpack.
     """
     import google_crc32c
-    crc32c = google_crc32c.value
+    crc32c, extend = google_crc32c.value, google_crc32c.extend
     unpack_header, unpack_crc = _HEADER.unpack_from, _CRC.unpack_from
     # read1 returns what one underlying read gives, so data decoded before a broken gzip
     # tail is not lost with the exception
@@ -141,6 +182,41 @@ def iter_tfrecord_batches(stream, max_records: int, chunk_bytes: int = _READ_CHU
                        "records were read before it and the remainder of the file was not",
                        buf[pos:pos + 64])
                 break
+            if length > max_record_bytes:
+                if payloads:
+                    yield ("ok", payloads, indices)
+                    payloads, indices = [], []
+                # read past it in chunks: head for the payload, CRC extended piece by piece
+                data = buf[pos + 12:pos + 12 + length]
+                head, crc, left = data[:_PAYLOAD_KEEP], crc32c(data), length - len(data)
+                buf, pos = buf[pos + 12 + len(data):], 0
+                while left and not eof:
+                    chunk = read(min(chunk_bytes, left))
+                    eof = not chunk
+                    if len(head) < _PAYLOAD_KEEP:
+                        head += chunk[:_PAYLOAD_KEEP - len(head)]
+                    crc = extend(crc, chunk)
+                    left -= len(chunk)
+                pieces = [buf]
+                while sum(map(len, pieces)) < 4 and not eof:
+                    chunk = read(chunk_bytes)
+                    eof = not chunk
+                    pieces.append(chunk)
+                buf = b"".join(pieces)
+                if left or len(buf) < 4:
+                    yield ("error", index, "unreadable_tail",
+                           f"record length {length} is more than the rest of the file holds "
+                           f"(and above --max_record_bytes {max_record_bytes}); {index} records "
+                           "were read before it and the remainder of the file was not", head)
+                    break
+                crc_ok = _masked(crc) == unpack_crc(buf, 0)[0]
+                yield ("error", index, "corrupt_record",
+                       f"record of {length} bytes is larger than --max_record_bytes "
+                       f"({max_record_bytes}); skipped (its data checksum "
+                       f"{'matches' if crc_ok else 'does not match'})", head)
+                pos = 4
+                index += 1
+                continue
             end = pos + 12 + length
             if end + 4 > len(buf):
                 if eof:
@@ -151,9 +227,16 @@ def iter_tfrecord_batches(stream, max_records: int, chunk_bytes: int = _READ_CHU
                            f"truncated last record (needs {length} bytes); {index} records "
                            "were read before it", buf[pos + 12:])
                     break
-                chunk = read(max(chunk_bytes, end + 4 - len(buf)))
-                eof = not chunk
-                buf, pos = buf[pos:] + chunk, 0
+                # gather the pieces the record still needs, then join them once
+                pieces, need = [buf[pos:]], end + 4 - len(buf)
+                while need > 0:
+                    chunk = read(max(chunk_bytes, need))
+                    if not chunk:
+                        eof = True
+                        break
+                    pieces.append(chunk)
+                    need -= len(chunk)
+                buf, pos = b"".join(pieces), 0
                 continue
             data = buf[pos + 12:end]
             c = crc32c(data)
@@ -182,9 +265,10 @@ def iter_tfrecord_batches(stream, max_records: int, chunk_bytes: int = _READ_CHU
         yield ("ok", payloads, indices)
 
 
-def iter_tfrecords(stream, chunk_bytes: int = _READ_CHUNK) -> Iterator[tuple]:
+def iter_tfrecords(stream, chunk_bytes: int = _READ_CHUNK,
+                   max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[tuple]:
     """Record by record: ("ok", index, payload) or ("error", index, type, message, payload)."""
-    for item in iter_tfrecord_batches(stream, 1 << 16, chunk_bytes):
+    for item in iter_tfrecord_batches(stream, 1 << 16, chunk_bytes, max_record_bytes):
         if item[0] == "ok":
             yield from (("ok", i, p) for i, p in zip(item[2], item[1]))
         else:
@@ -192,38 +276,138 @@ def iter_tfrecords(stream, chunk_bytes: int = _READ_CHUNK) -> Iterator[tuple]:
 
 
 # --- CSV ----------------------------------------------------------------------------------------
+class _LineTooLong(Exception):
+    """A physical line longer than the record cap, already skipped by `_BoundedLines`."""
+
+    def __init__(self, payload: str, mid_record: bool):
+        super().__init__()
+        self.payload = payload
+        self.mid_record = mid_record
+
+
+class _BoundedLines:
+    """The lines of a text stream for the csv module, none longer than `cap` characters held
+    in memory (a plain file iterator reads a whole line, however long). A longer line is read
+    past in bounded pieces and raised as _LineTooLong, which the csv module passes on; it
+    restarts at the next line. `count` is the number of lines taken from the stream."""
+
+    def __init__(self, text, cap: int):
+        self._text = text
+        self._cap = cap
+        self.count = 0
+        self.record_start = True  # the csv module asks for the first line of a record
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        mid_record, self.record_start = not self.record_start, False
+        line = self._text.readline(self._cap + 2)  # room for a CRLF
+        if not line:
+            raise StopIteration
+        self.count += 1
+        if len(line) > self._cap // 4:  # the cap is in bytes, like the block reader's
+            if not line.endswith(("\n", "\r")):
+                rest = line
+                while rest and not rest.endswith(("\n", "\r")):
+                    rest = self._text.readline(max(self._cap, 1))
+            if len(line.rstrip("\r\n").encode("utf-8", "surrogateescape")) > self._cap:
+                raise _LineTooLong(_text_payload(line[:_PAYLOAD_KEEP].encode(
+                    "utf-8", "surrogateescape")), mid_record)
+        return line
+
+
+def _text_payload(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def _too_long(line: int, cap: int) -> str:
+    return f"line {line} is longer than --max_record_bytes ({cap} bytes); it was skipped"
+
+
+def _not_a_header(raw: bytes) -> str | None:
+    """Why the first line of a CSV file cannot be its header, if it cannot (text only: the
+    columns are checked against the spec in transforms.parse)."""
+    if b"\x00" in raw:
+        return "it holds NUL bytes (a binary file?)"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "it is not valid UTF-8 text"
+    return None
+
+
+def _header_error(line: int, why: str, payload) -> tuple:
+    if isinstance(payload, bytes):
+        payload = _text_payload(payload[:_PAYLOAD_KEEP])
+    return ("error", None, line, "unreadable_tail",
+            f"line {line} is not a CSV header: {why}; the remainder of the file was not read",
+            payload)
+
+
+def _field_limit(cap: int) -> None:
+    # process-wide in the csv module: a quoted field may span lines, and this bounds it
+    if csv.field_size_limit() != cap:
+        csv.field_size_limit(cap)
+
+
 def iter_csv(stream, header: list[str] | None = None, first_line: int = 1,
-             first_index: int = 0) -> Iterator[tuple]:
+             first_index: int = 0, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+             ) -> Iterator[tuple]:
     """Yield ("header", cols), ("ok", index, line, row) or ("error", index, line, type, msg, text).
 
     Blank lines are not records. The UTF-8 BOM is dropped; undecodable bytes are kept as
     surrogates so that conversion reports them on the row they belong to. `header`,
     `first_line` and `first_index` continue a file whose beginning was read elsewhere.
+    A line longer than `max_record_bytes` is a `csv_format` row and reading goes on at the
+    next line, unless it continues a quoted field begun on an earlier line: where the next
+    record starts is then unknown, and the rest of the file is one `unreadable_tail` row.
+    A first line that is not text (NUL bytes, invalid UTF-8, too long, malformed) is one
+    `unreadable_tail` row for the file.
     """
-    csv.field_size_limit(_CSV_FIELD_LIMIT)
+    _field_limit(max_record_bytes)
     text = io.TextIOWrapper(stream, encoding="utf-8-sig" if header is None else "utf-8",
                             errors="surrogateescape", newline="")
-    reader = csv.reader(text)
+    lines = _BoundedLines(text, max_record_bytes)
+    reader = csv.reader(lines)
     index = first_index
     offset = first_line - 1
-    last_line = 0
     while True:
-        start = offset + last_line + 1
+        start = offset + lines.count + 1
+        lines.record_start = True
         try:
             row = next(reader)
         except StopIteration:
             return
-        except csv.Error as e:
-            last_line = reader.line_num
-            yield ("error", index if header is not None else None, start, "csv_format",
-                   f"malformed CSV: {e}", None)
-            if header is not None:
-                index += 1
+        except _LineTooLong as e:
+            if header is None:
+                yield _header_error(start, f"it is longer than --max_record_bytes "
+                                           f"({max_record_bytes} bytes)", e.payload)
+                return
+            if e.mid_record:
+                yield ("error", index, start, "unreadable_tail",
+                       f"a quoted field that begins on line {start} runs into a line longer "
+                       f"than --max_record_bytes ({max_record_bytes} bytes); {index} records "
+                       "were read before it and the remainder of the file was not", e.payload)
+                return
+            yield ("error", index, start, "csv_format", _too_long(start, max_record_bytes),
+                   e.payload)
+            index += 1
             continue
-        last_line = reader.line_num
+        except csv.Error as e:
+            if header is None:
+                yield _header_error(start, f"malformed CSV ({e})", None)
+                return
+            yield ("error", index, start, "csv_format", f"malformed CSV: {e}", None)
+            index += 1
+            continue
         if not row or (len(row) == 1 and not row[0].strip() and header is not None):
             continue  # blank line
         if header is None:
+            why = _not_a_header("\n".join(row).encode("utf-8", "surrogateescape"))
+            if why is not None:
+                yield _header_error(start, why, _csv_text(row))
+                return
             header = [c.strip() for c in row]
             yield ("header", header)
             continue
@@ -269,8 +453,8 @@ def _arrow_ok(chunk: bytes) -> bool:
     return b'"' not in chunk and b"\x00" not in chunk and not _lone_cr(chunk)
 
 
-def iter_csv_blocks(stream, columns: list[str] | None = None, block_bytes: int = _READ_CHUNK
-                    ) -> Iterator[tuple]:
+def iter_csv_blocks(stream, columns: list[str] | None = None, block_bytes: int = _READ_CHUNK,
+                    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[tuple]:
     """CSV in blocks: yield ("header", cols), then ("table", table, text, first_index,
     first_line) for blocks that pyarrow parses into string columns (one row per line, `text`
     the block's raw lines), and `iter_csv` items for everything else.
@@ -281,41 +465,111 @@ def iter_csv_blocks(stream, columns: list[str] | None = None, block_bytes: int =
     its line numbers and record indices continued; from the first quote on, the rest of the
     file is (a quoted field may span lines, and blocks are cut at line ends). `columns` limits
     the table to the named columns (the header keeps all names).
+
+    A line longer than a block is gathered piece by piece and joined once; one longer than
+    `max_record_bytes` is not kept: it is a `csv_format` row (payload: its first
+    MAX_PAYLOAD_BYTES), read past in blocks, and reading goes on at the next line. A first
+    line that is not a header (not text, or too long) is one `unreadable_tail` row.
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv
     read = getattr(stream, "read1", stream.read)
     buf, eof, broken = b"", False, None
+    cap = max_record_bytes
+    # blocks no larger than the cap: a line longer than the cap then never fits in one, and
+    # is always met (and refused) by long_line
+    block_bytes = max(1, min(block_bytes, cap))
+
+    def more(size: int) -> bytes:
+        nonlocal eof, broken
+        if eof:
+            return b""
+        try:
+            data = read(size)
+        except (OSError, EOFError, zlib.error) as e:  # broken or cut-short gzip stream
+            data, broken = b"", e
+        eof = not data
+        return data
 
     def fill(size):
-        nonlocal buf, eof, broken
+        nonlocal buf
         pieces, have = [buf], len(buf)
         while not eof and have < size:
-            try:
-                data = read(size - have)
-            except (OSError, EOFError, zlib.error) as e:  # broken or cut-short gzip stream
-                data, broken = b"", e
-            eof = not data
+            data = more(size - have)
             pieces.append(data)
             have += len(data)
         buf = b"".join(pieces) if len(pieces) > 1 else buf
+
+    def gather_line() -> int:
+        """Extend `buf` (which holds no newline) until it does, the stream ends or it is
+        longer than the cap; each piece is searched once and they are joined once. Returns
+        the newline's offset in buf, or -1."""
+        nonlocal buf
+        pieces, have, found = [buf], len(buf), -1
+        while not eof and have <= cap:
+            data = more(block_bytes)
+            at = data.find(b"\n")
+            pieces.append(data)
+            if at >= 0:
+                found = have + at
+                break
+            have += len(data)
+        buf = b"".join(pieces)
+        return found
+
+    def skip_line():
+        """Drop `buf` and the stream up to the next newline; `buf` keeps what follows it."""
+        nonlocal buf
+        buf = b""
+        while not eof:
+            data = more(block_bytes)
+            at = data.find(b"\n")
+            if at >= 0:
+                buf = data[at + 1:]
+                return
+
+    def long_line(skip: bool = True) -> bytes | None:
+        """For `buf` holding no newline: gather the line; if it is longer than the cap, drop
+        it from `buf` (and, with `skip`, from the stream) and return its first bytes (for
+        the payload)."""
+        nonlocal buf
+        found = gather_line()
+        size = len(buf) if found < 0 else found - (found > 0 and buf[found - 1] == 13)
+        if size <= cap:  # without its line end (CR LF or LF), like _BoundedLines
+            return None
+        first = buf[:_PAYLOAD_KEEP]
+        if found >= 0:
+            buf = buf[found + 1:]
+        elif skip:
+            skip_line()
+        return first
 
     fill(block_bytes)
     if buf.startswith(b"\xef\xbb\xbf"):
         buf = buf[3:]
     end = buf.find(b"\n")
-    while end < 0 and not eof:  # a header longer than a block
-        fill(len(buf) + block_bytes)
+    if end < 0 and not eof:  # a header longer than a block
+        first = long_line(skip=False)  # nothing after it is read
+        if first is not None:
+            yield _header_error(1, f"it is longer than --max_record_bytes ({cap} bytes)",
+                                first)
+            return
         end = buf.find(b"\n")
     head = buf[:end + 1] if end >= 0 else buf
     header = None
-    if head.strip() and _arrow_ok(head):
-        try:
-            header = [c.strip() for c in next(csv.reader([head.decode("utf-8")]))]
-        except (UnicodeDecodeError, csv.Error, StopIteration):
-            header = None
+    if head.strip():
+        why = _not_a_header(head)
+        if why is not None:
+            yield _header_error(1, why, head)
+            return
+        if _arrow_ok(head):
+            try:
+                header = [c.strip() for c in next(csv.reader([head.decode("utf-8")]))]
+            except (csv.Error, StopIteration):
+                header = None
     if header is None or len(set(header)) != len(header) or len(header) < 2:
-        yield from iter_csv(io.BufferedReader(_Prefixed(buf, stream)))
+        yield from iter_csv(io.BufferedReader(_Prefixed(buf, stream)),
+                            max_record_bytes=max_record_bytes)
         return
     yield ("header", header)
     buf = buf[len(head):]
@@ -332,12 +586,17 @@ def iter_csv_blocks(stream, columns: list[str] | None = None, block_bytes: int =
             break
         cut = buf.rfind(b"\n") + 1 if not eof else len(buf)
         if cut == 0:  # a line longer than a block
-            fill(len(buf) + block_bytes)
+            first = long_line()
+            if first is not None:
+                yield ("error", index, line, "csv_format", _too_long(line, cap),
+                       _text_payload(first))
+                index += 1
+                line += 1
             continue
         chunk, buf = buf[:cut], buf[cut:]
         if b'"' in chunk or _lone_cr(chunk):
             yield from iter_csv(io.BufferedReader(_Prefixed(chunk + buf, stream)), header,
-                                line, index)
+                                line, index, max_record_bytes)
             return
         lines = chunk.count(b"\n")
         rows = lines + (not chunk.endswith(b"\n"))
@@ -351,7 +610,7 @@ def iter_csv_blocks(stream, columns: list[str] | None = None, block_bytes: int =
             yield ("table", table, chunk, index, line)
             index += rows
         else:
-            for item in iter_csv(io.BytesIO(chunk), header, line, index):
+            for item in iter_csv(io.BytesIO(chunk), header, line, index, max_record_bytes):
                 index = item[1] + 1
                 yield item
         line += lines
@@ -422,10 +681,12 @@ class ReadShardDoFn(beam.DoFn):
     """Reads one shard (file path) into batches; emits error rows and one shard-stats row."""
     _csv_block_bytes = _READ_CHUNK
 
-    def __init__(self, input_format: str, batch_size: int, columns: list[str] | None = None):
+    def __init__(self, input_format: str, batch_size: int, columns: list[str] | None = None,
+                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES):
         self._format = input_format
         self._batch_size = batch_size
         self._columns = columns
+        self._max_record_bytes = max_record_bytes
 
     def setup(self):
         self._records = beam.metrics.Metrics.counter(NAMESPACE, "records_in")
@@ -450,7 +711,8 @@ class ReadShardDoFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput("shard_stats", (path, stats))
 
     def _read_tfrecord(self, path, stream, stats):
-        for item in iter_tfrecord_batches(stream, self._batch_size):
+        for item in iter_tfrecord_batches(stream, self._batch_size,
+                                          max_record_bytes=self._max_record_bytes):
             if item[0] == "ok":
                 _, payloads, indices = item
                 stats["records"] += len(payloads)
@@ -466,7 +728,8 @@ class ReadShardDoFn(beam.DoFn):
     def _read_csv(self, path, stream, stats):
         header, rows, indices, lines = None, [], [], []
         size = self._batch_size
-        items = ReadAhead(iter_csv_blocks(stream, self._columns, self._csv_block_bytes))
+        items = ReadAhead(iter_csv_blocks(stream, self._columns, self._csv_block_bytes,
+                                          self._max_record_bytes))
         try:
             for item in items:
                 kind = item[0]
@@ -520,9 +783,11 @@ class ReadRecordBatches(beam.PTransform):
     """Files -> batches of records from one shard each (+ 'errors', 'shard_stats' outputs)."""
 
     def __init__(self, files: list[str], input_format: str, batch_size: int,
-                 columns: list[str] | None = None):
+                 columns: list[str] | None = None,
+                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES):
         super().__init__()
         self._columns = columns
+        self._max_record_bytes = max_record_bytes
         if input_format not in FORMATS:
             raise InputError(f"--input_format must be one of {FORMATS}, got {input_format!r}")
         self._files = list(files)
@@ -534,6 +799,7 @@ class ReadRecordBatches(beam.PTransform):
                 | "ListShards" >> beam.Create(self._files, reshuffle=False)
                 | "SpreadShards" >> beam.Reshuffle()
                 | "ReadShards" >> beam.ParDo(ReadShardDoFn(self._format, self._batch_size,
-                                                             self._columns))
+                                                             self._columns,
+                                                             self._max_record_bytes))
                 .with_output_types(Batch)
                 .with_outputs("errors", "shard_stats", main="batches"))
