@@ -620,3 +620,39 @@ def test_non_finite_inputs_reach_the_model_and_come_out_as_written(tmp_path,
         '"b","[""Infinity"",0.25]",-Infinity',
         "id,v,x",
     ]
+
+
+# --- the csv module's path: rows cross the read-ahead thread in groups -------------------------
+def test_quoted_csv_cut_short_keeps_every_row_read_and_hands_rows_over_in_groups(
+        tmp_path, monkeypatch):
+    """A quoted file is read row by row by the csv module; its rows reach the bundle thread in
+    lists (a queue handoff per row cost ten times the reading), and the rows read before a
+    broken gzip tail are all there, then one unreadable_tail row."""
+    from transforms import read
+    handoffs = []
+    real_put = read.ReadAhead._put
+
+    def counting_put(self, entry):
+        handoffs.append(entry)
+        return real_put(self, entry)
+
+    monkeypatch.setattr(read.ReadAhead, "_put", counting_put)
+    header = list(_dtypes())
+    rows = demo_rows(20000, seed=60)
+    text = io.StringIO()
+    w = csv.writer(text, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
+    w.writerow(header)
+    w.writerows([[r[c] for c in header] for r in rows])
+    blob = gzip.compress(text.getvalue().encode())
+    path = tmp_path / "quoted.csv.gz"
+    path.write_bytes(blob[: len(blob) // 2])
+    batches, errs, stats = _read_shard(str(path), "csv", cap=MIB, columns=header,
+                                       batch_size=4096)
+    indices = np.concatenate([b.indices for b in batches])
+    assert 0 < len(indices) < 20000
+    assert np.array_equal(indices, np.arange(len(indices)))
+    ids = [c for b in batches for c in b.column("id")]
+    assert ids == [r["id"] for r in rows[:len(indices)]]
+    assert [e["error_type"] for e in errs][-1] == "unreadable_tail"
+    assert stats["records"] == len(indices) + len(errs)
+    assert len(handoffs) < len(indices) / 100
