@@ -423,6 +423,15 @@ def test_csv_header_problems_in_the_first_file_fail_at_startup(tmp_path, demo_mo
     assert not out.exists()
 
 
+def test_csv_first_file_with_a_binary_first_line_fails_at_startup(tmp_path, demo_model_base):
+    path = tmp_path / "a.csv.gz"
+    path.write_bytes(gzip.compress(b"\x1f\x00\x00\x07PK\x03\x04" * 100 + b"\n1,2\n"))
+    with pytest.raises(InputError) as info:
+        run_job(demo_model_base, str(path), str(tmp_path / "out"))
+    message = str(info.value)
+    assert message == f"{path}: line 1 is not a CSV header: it holds NUL bytes (a binary file?)"
+
+
 def test_csv_without_a_header_fails_at_startup(tmp_path, demo_model_base):
     rows = demo_rows(3, seed=46)
     path = tmp_path / "a.csv"

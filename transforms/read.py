@@ -102,7 +102,9 @@ def match_inputs(patterns: list[str]) -> list[tuple[str, int]]:
         if not matched:
             raise InputError(f"input pattern {pattern} matches no files")
         for m in matched:
-            files.setdefault(_same_file_key(m.path), (m.path, m.size_in_bytes))
+            first = files.setdefault(_same_file_key(m.path), (m.path, m.size_in_bytes))
+            if first[0] != m.path:
+                _LOG.info("input %s is the same file as %s: read once", m.path, first[0])
     return sorted(files.values())
 
 
@@ -338,12 +340,14 @@ def _not_a_header(raw: bytes) -> str | None:
     return None
 
 
+NOT_READ = "; the remainder of the file was not read"
+
+
 def _header_error(line: int, why: str, payload) -> tuple:
     if isinstance(payload, bytes):
         payload = _text_payload(payload[:_PAYLOAD_KEEP])
     return ("error", None, line, "unreadable_tail",
-            f"line {line} is not a CSV header: {why}; the remainder of the file was not read",
-            payload)
+            f"line {line} is not a CSV header: {why}{NOT_READ}", payload)
 
 
 def _field_limit(cap: int) -> None:

@@ -140,8 +140,11 @@ class CsvBatch(Batch):
     def row_text(self, i: int) -> str:
         """Row i as CSV text, for an error row's payload."""
         if self.table is not None:
-            line = self.text.split(b"\n", i + 1)[i]
-            return line.rstrip(b"\r").decode("utf-8", "replace")
+            # split once per batch: every row of a batch may be an error row
+            lines = self.__dict__.get("_text_lines")
+            if lines is None:
+                lines = self._text_lines = self.text.split(b"\n")
+            return lines[i].rstrip(b"\r").decode("utf-8", "replace")
         from transforms.read import _csv_text
         return _csv_text(self.rows[i])
 
