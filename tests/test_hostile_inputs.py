@@ -217,6 +217,31 @@ def test_tfrecord_record_above_the_cap_is_skipped_and_reading_goes_on(tmp_path):
     assert (stats["records"], stats["read_errors"], stats["unreadable_tail"]) == (5, 2, False)
 
 
+def test_max_record_bytes_option_reaches_the_readers(tmp_path, demo_model_base):
+    """--max_record_bytes from the command line: a 2 MiB record is skipped at a 1 MiB cap
+    (TFRecord), a 2 MiB line is one csv_format row (CSV); the rest is scored."""
+    rows = demo_rows(2, seed=48)
+    for i, r in enumerate(rows):
+        r["id"] = f"m{i}"
+    big = _example({**rows[0], "id": "big", "pad": "x" * (2 * MIB)})
+    path = tmp_path / "a.tfrecord"
+    path.write_bytes(_frame(_example(rows[0])) + _frame(big) + _frame(_example(rows[1])))
+    header = list(_dtypes())
+    _write_csv(tmp_path / "a.csv", header, [rows[0], {**rows[1], "id": "y" * (2 * MIB)},
+                                            rows[1]])
+    for name in ("a.tfrecord", "a.csv"):
+        out = str(tmp_path / f"out-{name}")
+        summary = run_job(demo_model_base, str(tmp_path / name), out, "--key_field", "id",
+                          "--key_dtype", "string", "--max_record_bytes", str(MIB),
+                          "--max_error_rate", "1.0")
+        assert sorted(r["id"] for r in predictions(out)) == ["m0", "m1"]
+        [err] = errors(out)
+        assert err["index"] == 1 and "--max_record_bytes (1048576" in err["message"]
+        assert err["error_type"] == ("corrupt_record" if name.endswith("tfrecord")
+                                     else "csv_format")
+        assert (summary["records_in"], summary["predicted"]) == (3, 2)
+
+
 class _SmallReads(io.RawIOBase):
     """A stream whose read1 hands out at most `piece` bytes, as GzipFile's does; every
     `bytes + piece` concatenation of what it returned is counted, and so are read calls and
