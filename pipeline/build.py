@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import tempfile
 import time
 import uuid
 
@@ -25,8 +24,10 @@ from transforms.feature_spec import FeatureSpec, FeatureSpecError
 from transforms.model import ModelError, configure_threads, open_model
 from transforms.parse import ParseWithSpecDoFn, check_csv_header
 from transforms.predict import ModelConfig, ModelHolder, PredictDoFn, shared_tag
-from transforms.read import InputError, ReadRecordBatches, infer_format, match_inputs
+from transforms.read import (DEFAULT_MAX_RECORD_BYTES, InputError, ReadRecordBatches,
+                             infer_format, match_inputs)
 from transforms.records import Batch
+from transforms.staging import default_cache_dir
 from transforms.output_dir import (RUN_ID, OutputError, check_output, claim_output,
                                    normalize_output, staging_name)
 from transforms.write import (FinalizeDoFn, WriteJsonLines, WriteMetricsDoFn, WritePredictions,
@@ -55,7 +56,7 @@ class JobPlan:
     shared_model: object = None
     model_holder: object = None
     auto_batch: bool = False  # --batch_size auto: PredictDoFn tunes the call size
-    max_record_bytes: int = 128 << 20  # --max_record_bytes: the readers' record cap
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES  # --max_record_bytes: the readers' cap
     # this run's hold on the output dir (lock + staging dir), kept by the launcher until the
     # job ends; None for a Dataflow job that is only built
     claim: object = None
@@ -75,10 +76,11 @@ def _key_dtype(opts, spec: FeatureSpec, input_format: str, first_file: str) -> s
     if input_format == "csv":
         return "string"
     return peek_key_dtype(first_file, opts.key_field,
-                          getattr(opts, "max_record_bytes", None) or (128 << 20))
+                          opts.max_record_bytes)
 
 
-def peek_key_dtype(path: str, key: str, max_record_bytes: int = 128 << 20) -> str:
+def peek_key_dtype(path: str, key: str,
+                   max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> str:
     """The dtype of `key` in the first readable tf.Example of a TFRecord file."""
     import tensorflow as tf
     from transforms.read import iter_tfrecords, open_shard
@@ -154,7 +156,7 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
     _LOG.info("plan: model %s, signature %s (%s), spec from %s: %d features",
               model.version.path, opts.signature, model.info.convention, model.spec_source,
               len(model.spec))
-    max_record_bytes = getattr(opts, "max_record_bytes", None) or (128 << 20)
+    max_record_bytes = opts.max_record_bytes
     if input_format == "csv":  # the first file's header against the spec and key
         check_csv_header(files[0][0], model.spec, opts.key_field, max_record_bytes)
     key_dtype = _key_dtype(opts, model.spec, input_format, files[0][0])
@@ -172,8 +174,7 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
         path=model.version.path, signature=opts.signature, spec=model.spec,
         key_field=opts.key_field, key_dtype=key_dtype,
         keys_from_examples=opts.key_field is not None and input_format == "tfrecord",
-        cache_dir=opts.model_cache_dir or os.path.join(tempfile.gettempdir(),
-                                                       "batch-predict-models"),
+        cache_dir=opts.model_cache_dir or default_cache_dir(),
         intra_op_threads=opts.tf_intra_op_threads, inter_op_threads=opts.tf_inter_op_threads,
         concurrent_calls=opts.concurrent_model_calls,
         fast_worker_exit=_local_worker_processes(opts), launcher_pid=os.getpid())

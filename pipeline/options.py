@@ -17,10 +17,10 @@ from typing import Sequence
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
 from pipeline.dataflow import RunnerOptionsError
+from transforms.read import DEFAULT_MAX_RECORD_BYTES
 
 DEFAULT_BATCH_SIZE = 8192  # from `python -m benchmarks --only batch` (benchmarks/RESULTS.md)
 DEFAULT_MAX_ERROR_RATE = 0.01
-DEFAULT_MAX_RECORD_BYTES = 128 << 20
 PROG = "python -m pipeline"
 
 

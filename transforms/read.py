@@ -732,10 +732,13 @@ class ReadShardDoFn(beam.DoFn):
         stream, gz = open_shard(path)
         reader = self._read_tfrecord if self._format == "tfrecord" else self._read_csv
         stats = {"records": 0, "read_errors": 0, "unreadable_tail": False, "gzip": gz}
+        raw = stream.fileobj if gz else stream  # the file itself, under the gunzipping
         try:
             yield from reader(path, stream, stats)
+            stats["bytes"] = raw.tell()  # as stored: compressed bytes for a gzip file
         finally:
             stream.close()
+        self._bytes.inc(stats["bytes"])
         self._records.inc(stats["records"])
         self._read_errors.inc(stats["read_errors"])
         stats["read_seconds"] = round(time.monotonic() - start, 3)
