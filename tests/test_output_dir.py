@@ -131,6 +131,19 @@ def test_symlinks_at_our_names_are_refused(tmp_path, demo_model_base, small_inpu
     assert not (elsewhere / "target").exists()
 
 
+@pytest.mark.parametrize("name", ["_SUCCESS", "manifest.json", "predictions-00000-of-00001.jsonl"])
+def test_a_directory_or_fifo_at_our_names_is_refused(tmp_path, demo_model_base, small_input,
+                                                     capsys, name):
+    out = tmp_path / "out"
+    (out / name).mkdir(parents=True)
+    (out / name / "precious.txt").write_text("not a file of ours")
+    os.mkfifo(out / "_SUCCESS" if name != "_SUCCESS" else out / "manifest.json")
+    for extra in ([], ["--overwrite"]):
+        assert _score(demo_model_base, small_input["path"], out, *extra) == EXIT_USAGE
+        assert "not a regular file" in _one_error_line(capsys.readouterr().err)
+    assert (out / name / "precious.txt").read_text() == "not a file of ours"
+
+
 def test_a_symlink_planted_while_the_run_writes_is_never_followed(tmp_path):
     """Finalize checks again: `metrics` turned into a link to elsewhere after start-up."""
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
