@@ -3,6 +3,7 @@
 One glob of damaged TFRecord files and one of damaged CSV files are each scored in one run
 (as a nightly job meets them); each test then checks one file's fate.
 """
+import base64
 import gzip
 import os
 import struct
@@ -61,6 +62,7 @@ def tfrecord_case(tmp_path_factory, demo_model_base):
     bad[20] ^= 0x01  # a byte of the record's data
     write("bad_data_crc.tfrecord", b"".join(frames[:3]) + bytes(bad) + b"".join(frames[4:]),
           rows)
+    cases["bad_data_crc.tfrecord"]["damaged"] = bytes(bad[12:-4])  # the data, as damaged
 
     rows = _rows("trunc", 10, 14)
     blob = b"".join(_frame(r) for r in _records(rows))
@@ -89,6 +91,7 @@ def tfrecord_case(tmp_path_factory, demo_model_base):
     no_key = dict(rows[7]); no_key.pop("id")
     records[7] = _records([no_key])[0]
     write("mixed.tfrecord", b"".join(map(_frame, records)), rows)
+    cases["mixed.tfrecord"]["records"] = records
 
     out = str(d / "out")
     summary = run_job(demo_model_base, str(d / "*.tfrecord*"), out, "--key_field", "id",
@@ -106,14 +109,37 @@ def _predicted_ids(case, prefix):
                   if r["id"].startswith(prefix))
 
 
+# what each file holds, as written above: (records predicted, error rows); the cut gzip file's
+# count depends on where the cut falls in the compressed stream (checked in its own test)
+EXPECTED_TFRECORD = {
+    "good.tfrecord": (20, 0), "bad_length_crc.tfrecord": (4, 1),
+    "bad_data_crc.tfrecord": (9, 1), "truncated.tfrecord": (9, 1), "empty.tfrecord": (0, 0),
+    "notes.tfrecord": (0, 1), "plain_named.tfrecord.gz": (5, 0),
+    "garbage.tfrecord.gz": (0, 1), "mixed.tfrecord": (3, 5)}
+
+
 def test_every_tfrecord_is_accounted_for(tfrecord_case):
+    """The summary, the error rows and the predictions against what the test wrote."""
+    cut = len(_predicted_ids(tfrecord_case, "cutgz"))
+    expected = dict(EXPECTED_TFRECORD, **{"cut.tfrecord.gz": (cut, 1)})
+    prefixes = {"good": "good.tfrecord", "lencrc": "bad_length_crc.tfrecord",
+                "datacrc": "bad_data_crc.tfrecord", "trunc": "truncated.tfrecord",
+                "plaingz": "plain_named.tfrecord.gz", "mixed": "mixed.tfrecord",
+                "cutgz": "cut.tfrecord.gz"}
+    predicted = {}
+    for row in tfrecord_case["predictions"]:
+        name = prefixes[row["id"].rstrip("0123456789")]
+        predicted[name] = predicted.get(name, 0) + 1
+    got = {name: (predicted.get(name, 0), len(tfrecord_case["errors"].get(name, [])))
+           for name in expected}
+    assert got == expected
     s = tfrecord_case["summary"]
-    assert s["records_in"] == s["predicted"] + s["errors"]
+    assert (s["records_in"], s["predicted"], s["errors"]) == (
+        sum(p + e for p, e in expected.values()), sum(p for p, _ in expected.values()),
+        sum(e for _, e in expected.values()))
     assert s["accounted"]
     assert s["counts_exact"] is False  # some tails were unreadable, and the summary says so
     assert "unreadable tails" in s["note"]
-    n_errors = sum(len(v) for v in tfrecord_case["errors"].values())
-    assert (len(tfrecord_case["predictions"]), n_errors) == (s["predicted"], s["errors"])
 
 
 def test_good_file_scores_exactly(tfrecord_case, demo_model):
@@ -135,7 +161,9 @@ def test_bad_data_crc_rejects_one_record_and_reads_on(tfrecord_case):
     assert _predicted_ids(tfrecord_case, "datacrc") == [0, 1, 2, 4, 5, 6, 7, 8, 9]
     [err] = tfrecord_case["errors"]["bad_data_crc.tfrecord"]
     assert (err["error_type"], err["index"]) == ("corrupt_record", 3)
-    assert err["payload"]  # the damaged bytes, base64
+    damaged = tfrecord_case["cases"]["bad_data_crc.tfrecord"]["damaged"]
+    assert base64.b64decode(err["payload"]) == damaged  # the record's bytes, as read
+    assert err["payload_truncated"] is False
 
 
 def test_truncated_last_record(tfrecord_case):
@@ -175,6 +203,9 @@ def test_bad_examples_are_isolated_with_their_reason(tfrecord_case, demo_model):
         1: "parse_error", 3: "missing_feature", 5: "type_mismatch", 6: "shape_mismatch",
         7: "missing_key"}
     assert "device" in errs[3]["message"] and "n0" in errs[5]["message"]
+    records = tfrecord_case["cases"]["mixed.tfrecord"]["records"]
+    assert {i: base64.b64decode(e["payload"]) for i, e in errs.items()} == {
+        i: records[i] for i in errs}  # each rejected record, byte for byte
     assert _predicted_ids(tfrecord_case, "mixed") == [0, 2, 4]
     rows = tfrecord_case["cases"]["mixed.tfrecord"]["rows"]
     got = {r["id"]: r["score"] for r in tfrecord_case["predictions"]}
@@ -210,6 +241,7 @@ def csv_case(tmp_path_factory, demo_model_base):
     lines = [line(r) for r in rows]
     lines[2] += ",extra"
     write("wrong_cols.csv", "\n".join([",".join(header)] + lines) + "\n", rows)
+    cases["wrong_cols line"] = lines[2]
 
     rows = _rows("num", 4, 22)
     lines = [line(r) for r in rows]
@@ -258,18 +290,32 @@ def _csv_ids(case, prefix):
     return sorted(int(k[len(prefix):]) for k in case["predictions"] if k.startswith(prefix))
 
 
+# (rows predicted, error rows) per file, as written above
+EXPECTED_CSV = {"wrong_cols.csv": (3, 1), "bad_number.csv": (3, 1), "missing_col.csv": (0, 3),
+                "quoted.csv": (3, 0), "bom_crlf.csv": (3, 0), "header_only.csv": (0, 0),
+                "blank_lines.csv": (3, 0), "long_lines.csv": (1, 1)}
+
+
 def test_every_csv_row_is_accounted_for(csv_case):
+    prefixes = {"cols": "wrong_cols.csv", "num": "bad_number.csv", "quoted": "quoted.csv",
+                "bomcrlf": "bom_crlf.csv", "blank": "blank_lines.csv", "long": "long_lines.csv"}
+    predicted = {}
+    for key in csv_case["predictions"]:
+        name = prefixes[key.rstrip("0123456789")]
+        predicted[name] = predicted.get(name, 0) + 1
+    got = {name: (predicted.get(name, 0), len(csv_case["errors"].get(name, [])))
+           for name in EXPECTED_CSV}
+    assert got == EXPECTED_CSV
     s = csv_case["summary"]
+    assert (s["records_in"], s["predicted"], s["errors"]) == (22, 16, 6)
     assert s["accounted"] and s["counts_exact"]
-    assert s["records_in"] == len(csv_case["predictions"]) + sum(
-        len(v) for v in csv_case["errors"].values())
 
 
 def test_wrong_number_of_columns(csv_case):
     assert _csv_ids(csv_case, "cols") == [0, 1, 3]
     [err] = csv_case["errors"]["wrong_cols.csv"]
     assert (err["error_type"], err["index"], err["line"]) == ("csv_format", 2, 4)
-    assert err["payload"].endswith(",extra")
+    assert err["payload"] == csv_case["cases"]["wrong_cols line"]  # the row's text, exactly
 
 
 def test_unparseable_number_and_integral_float(csv_case, demo_model):
