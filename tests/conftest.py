@@ -25,11 +25,13 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 def private_temp_dir(tmp_path_factory):
     """Everything the code under test puts in "the system temp dir" (staged models, Beam's
     staging, TensorFlow's autograph files), here and in worker subprocesses, lands under this
-    session's pytest tmp dir instead of /tmp."""
+    session's pytest tmp dir instead of /tmp; so does hypothesis's cache."""
+    from hypothesis.configuration import set_hypothesis_home_dir
     path = str(tmp_path_factory.mktemp("system-tmp"))
     saved = os.environ.get("TMPDIR"), tempfile.tempdir
     os.environ["TMPDIR"] = path
     tempfile.tempdir = path
+    set_hypothesis_home_dir(os.path.join(path, "hypothesis"))  # not .hypothesis/ in the tree
     yield path
     tempfile.tempdir = saved[1]
     if saved[0] is None:
