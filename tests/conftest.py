@@ -21,17 +21,32 @@ settings.register_profile("dev", **_HYPOTHESIS)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
+_HYPOTHESIS_HOME: list = []
+
+
+def pytest_configure(config):
+    """Hypothesis caches what it learns under .hypothesis/ in the working directory, from the
+    moment tests are collected: give it a temporary home for the session instead."""
+    from hypothesis.configuration import set_hypothesis_home_dir
+    _HYPOTHESIS_HOME.append(tempfile.mkdtemp(prefix="hypothesis-"))
+    set_hypothesis_home_dir(_HYPOTHESIS_HOME[-1])
+
+
+def pytest_unconfigure(config):
+    import shutil
+    for home in _HYPOTHESIS_HOME:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_temp_dir(tmp_path_factory):
     """Everything the code under test puts in "the system temp dir" (staged models, Beam's
     staging, TensorFlow's autograph files), here and in worker subprocesses, lands under this
-    session's pytest tmp dir instead of /tmp; so does hypothesis's cache."""
-    from hypothesis.configuration import set_hypothesis_home_dir
+    session's pytest tmp dir instead of /tmp."""
     path = str(tmp_path_factory.mktemp("system-tmp"))
     saved = os.environ.get("TMPDIR"), tempfile.tempdir
     os.environ["TMPDIR"] = path
     tempfile.tempdir = path
-    set_hypothesis_home_dir(os.path.join(path, "hypothesis"))  # not .hypothesis/ in the tree
     yield path
     tempfile.tempdir = saved[1]
     if saved[0] is None:

@@ -105,14 +105,12 @@ def _read_and_parse(path: str):
 def _check(tmp_path, rows, quote_first: bool):
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
+    quoting = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(HEADER)
     for n, row in enumerate(rows):
         cells = [f"r{n}"] + [row[c] for c in HEADER[1:]]
-        if quote_first and n == 0:  # one quoted cell: the rest of the file is the csv module's
-            buf.write(",".join(f'"{c}"' if j == 1 else c for j, c in enumerate(
-                [cells[0], cells[1].replace('"', '""')] + cells[2:])) + "\n")
-            continue
-        writer.writerow(cells)
+        # a quoted first row sends the rest of the file to the csv module
+        (quoting if quote_first and n == 0 else writer).writerow(cells)
     path = tmp_path / "data.csv"
     path.write_bytes(buf.getvalue().encode())
     # the reference: the csv module's rows, converted by the rules above
