@@ -3,8 +3,8 @@
     read -> parse -> predict -> write predictions / errors / metrics -> finalize
 
 `plan_job` does all checks that can fail before a worker starts (inputs match, the model loads
-and answers a warm-up call, the spec matches, the output dir is usable) and raises one of
-`USER_ERRORS` with an actionable message. `build_pipeline` only wires named steps.
+and answers a warm-up call, the spec matches, the output dir is usable) and raises a
+`transforms.errors.UserError` with an actionable message. `build_pipeline` only wires named steps.
 """
 from __future__ import annotations
 
@@ -20,21 +20,21 @@ from apache_beam.utils import shared
 
 from pipeline.options import DEFAULT_BATCH_SIZE, BatchPredictOptions
 from transforms import metrics as m
-from transforms.feature_spec import FeatureSpec, FeatureSpecError
-from transforms.model import ModelError, configure_threads, open_model
+from transforms.feature_spec import FeatureSpec
+from transforms.model import configure_threads, open_model
 from transforms.parse import ParseWithSpecDoFn, check_csv_header
 from transforms.predict import ModelConfig, ModelHolder, PredictDoFn, shared_tag
-from transforms.read import (DEFAULT_MAX_RECORD_BYTES, InputError, ReadRecordBatches,
+from transforms.read import (DEFAULT_MAX_RECORD_BYTES, ReadRecordBatches,
                              infer_format, match_inputs)
 from transforms.records import Batch
 from transforms.staging import default_cache_dir
-from transforms.output_dir import (RUN_ID, OutputError, check_output, claim_output,
+from transforms.errors import InputError, OutputError
+from transforms.output_dir import (RUN_ID, check_output, claim_output,
                                    normalize_output, staging_name)
 from transforms.write import (FinalizeDoFn, WriteJsonLines, WriteMetricsDoFn, WritePredictions,
                               build_reports, prediction_header)
 
 _LOG = logging.getLogger(__name__)
-USER_ERRORS = (InputError, ModelError, FeatureSpecError, OutputError)
 
 
 @dataclasses.dataclass

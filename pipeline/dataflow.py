@@ -14,11 +14,9 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
                                                   SetupOptions, StandardOptions, TestOptions,
                                                   WorkerOptions)
 
+from transforms.errors import OptionsError
+
 DATAFLOW_RUNNER = "DataflowRunner"
-
-
-class RunnerOptionsError(ValueError):
-    """Runner options that cannot work; the message says which flag to change."""
 
 
 def is_dataflow(options: PipelineOptions) -> bool:
@@ -47,22 +45,22 @@ def prepare_dataflow_options(options: PipelineOptions) -> None:
     missing = [flag for flag, value in (("--project", gcp.project), ("--region", gcp.region),
                                         ("--temp_location", gcp.temp_location)) if not value]
     if missing:
-        raise RunnerOptionsError(
+        raise OptionsError(
             f"--runner DataflowRunner needs {' and '.join(missing)} (e.g. --project my-project "
             "--region europe-west1 --temp_location gs://my-bucket/tmp)")
     for flag, value in (("--temp_location", gcp.temp_location),
                         ("--staging_location", gcp.staging_location)):
         if value and not value.startswith("gs://"):
-            raise RunnerOptionsError(f"{flag} {value} must be a gs:// path for DataflowRunner")
+            raise OptionsError(f"{flag} {value} must be a gs:// path for DataflowRunner")
     setup = options.view_as(SetupOptions)
     image = options.view_as(WorkerOptions).sdk_container_image
     if setup.setup_file:
         if not os.path.isfile(setup.setup_file):
-            raise RunnerOptionsError(f"--setup_file {setup.setup_file} does not exist")
+            raise OptionsError(f"--setup_file {setup.setup_file} does not exist")
     elif not image:
         setup.setup_file = repo_setup_file()
         if setup.setup_file is None:
-            raise RunnerOptionsError(
+            raise OptionsError(
                 "Dataflow workers need this package: pass --setup_file path/to/setup.py (from "
                 "a checkout of batch-predict) or --sdk_container_image with the package "
                 "installed (see jobs/flex_template/Dockerfile)")

@@ -9,9 +9,9 @@ import argparse
 import json
 import sys
 
-from transforms.feature_spec import FeatureSpecError
+from transforms.errors import FeatureSpecError, ModelError
 from transforms.introspect import signature_info
-from transforms.model import ModelError, load_signature, model_size_bytes, settle_spec
+from transforms.model import load_signature, model_size_bytes, settle_spec
 
 
 def describe(model_path: str, signature: str = "serving_default",

@@ -16,20 +16,12 @@ from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-from pipeline.dataflow import RunnerOptionsError
+from transforms.errors import OptionsError
 from transforms.read import DEFAULT_MAX_RECORD_BYTES
 
 DEFAULT_BATCH_SIZE = 8192  # from `python -m benchmarks --only batch` (benchmarks/RESULTS.md)
 DEFAULT_MAX_ERROR_RATE = 0.01
 PROG = "python -m pipeline"
-
-
-class OptionsError(RunnerOptionsError):
-    """The command line cannot run as meant: an unknown option, a stray argument, a missing or
-    unusable value. The message names the option and what it accepts.
-
-    A RunnerOptionsError, so the launcher reports it like the runner checks: one line, exit 2.
-    """
 
 
 # --- value types: each says what it accepts, so argparse's message is one actionable line ----

@@ -13,7 +13,7 @@ import subprocess
 
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
-from pipeline.options import OptionsError
+from transforms.errors import OptionsError
 
 CODE_VERSION_ENV = "BATCH_PREDICT_CODE_VERSION"  # set by the flex template image build
 

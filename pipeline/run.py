@@ -21,11 +21,11 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline.build import USER_ERRORS, JobPlan, build_pipeline, plan_job
-from pipeline.dataflow import (RunnerOptionsError, builds_job_only, is_dataflow,
-                               prepare_dataflow_options)
+from pipeline.build import JobPlan, build_pipeline, plan_job
+from pipeline.dataflow import builds_job_only, is_dataflow, prepare_dataflow_options
 from pipeline.options import BatchPredictOptions
 from pipeline.provenance import run_provenance
+from transforms.errors import UserError
 from transforms.output_dir import run_outputs_dir
 from transforms.predict import loading_phase
 
@@ -162,7 +162,7 @@ def execute(argv: list[str]) -> tuple[int, str | None]:
     try:
         with stop.handled():
             _, plan = run(argv)
-    except USER_ERRORS + (RunnerOptionsError,) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE, None
     except (Stopped, Exception) as e:

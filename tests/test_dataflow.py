@@ -12,7 +12,8 @@ import tarfile
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from pipeline.dataflow import RunnerOptionsError, prepare_dataflow_options, repo_setup_file
+from pipeline.dataflow import prepare_dataflow_options, repo_setup_file
+from transforms.errors import OptionsError
 from pipeline.run import main, run
 from tests.gcs_emulator import deny_off_loopback, gcs  # noqa: F401  (fixture)
 
@@ -117,7 +118,7 @@ def test_missing_dataflow_flags_fail_fast_with_one_message(capsys):
 
 
 def test_local_temp_location_is_refused():
-    with pytest.raises(RunnerOptionsError, match="--temp_location /tmp/t must be a gs:// path"):
+    with pytest.raises(OptionsError, match="--temp_location /tmp/t must be a gs:// path"):
         run(["--runner", "DataflowRunner", "--project", "p", "--region", "r",
              "--temp_location", "/tmp/t", "--model", "/nowhere", "--input", "/x/*",
              "--output", "/tmp/x"])
@@ -132,5 +133,5 @@ def test_setup_file_defaults_to_this_checkout_unless_the_image_has_the_code():
     options = PipelineOptions(base + ["--sdk_container_image", "europe-docker.pkg.dev/p/r/i:1"])
     prepare_dataflow_options(options)
     assert options.view_as(SetupOptions).setup_file is None
-    with pytest.raises(RunnerOptionsError, match="--setup_file /no/setup.py does not exist"):
+    with pytest.raises(OptionsError, match="--setup_file /no/setup.py does not exist"):
         prepare_dataflow_options(PipelineOptions(base + ["--setup_file", "/no/setup.py"]))

@@ -17,7 +17,7 @@ from transforms.model import open_model
 from transforms.parse import ParseWithSpecDoFn
 from transforms.predict import ModelConfig, PredictDoFn, PredictionBatch
 from transforms.read import ReadShardDoFn
-from transforms.records import ERROR_TYPES
+from transforms.errors import ERROR_TYPES
 
 FUZZ = settings(max_examples=40, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,

@@ -11,7 +11,8 @@ import pytest
 
 from tests.gcs_emulator import gcs, loopback_only  # noqa: F401  (fixtures)
 from tests.helpers import assert_close, by_key, expected_outputs, run_job
-from transforms.staging import (StagingError, check_relative_name, check_sizes,
+from transforms.errors import StagingError
+from transforms.staging import (check_relative_name, check_sizes,
                                 list_model_files, stage_model)
 
 
@@ -187,7 +188,7 @@ def test_a_gs_output_locked_by_another_run_is_refused(gcs, loopback_only, gs_dem
 
 
 def test_missing_output_bucket_fails_before_the_job_starts(gcs, gs_demo):
-    from transforms.output_dir import OutputError
+    from transforms.errors import OutputError
     with pytest.raises(OutputError, match="output bucket gs://bp-nowhere does not exist"):
         run_job(gs_demo["model"], f"{gs_demo['data']}/part-*.csv", "gs://bp-nowhere/out")
 

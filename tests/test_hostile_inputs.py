@@ -22,7 +22,7 @@ import pytest
 
 from pipeline.demo import _dtypes, demo_rows
 from tests.helpers import assert_close, errors, expected_outputs, predictions, run_job
-from transforms.read import InputError
+from transforms.errors import InputError
 
 B64_FFFE = base64.b64encode(b"\xff\xfe").decode()  # "//4="
 MIB = 1 << 20

@@ -12,9 +12,10 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
 from pipeline import demo
-from pipeline.options import (DEFAULT_MAX_RECORD_BYTES, BatchPredictOptions, OptionsError,
+from pipeline.options import (DEFAULT_MAX_RECORD_BYTES, BatchPredictOptions,
                               all_options_parser, check_argv)
 from pipeline.provenance import parse_label_values
+from transforms.errors import OptionsError
 from pipeline.run import EXIT_USAGE, main
 from transforms.feature_spec import MAX_SPEC_BYTES
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tests import model_zoo as zoo
-from transforms.feature_spec import Feature, FeatureSpec, FeatureSpecError
+from transforms.errors import FeatureSpecError
+from transforms.feature_spec import Feature, FeatureSpec
 
 pytest_plugins = ["tests.model_zoo"]
 EST_SPEC_JSON = zoo.ESTIMATOR_SPEC_JSON
@@ -169,7 +170,8 @@ def sequence_model(tmp_path_factory):
 
 
 def test_unreadable_parse_op_needs_a_spec_and_uses_a_given_one(sequence_model, load):
-    from transforms.model import ModelError, open_model
+    from transforms.errors import ModelError
+    from transforms.model import open_model
     with pytest.raises(ModelError, match="unknown dimension.*pass --feature_spec"):
         open_model(sequence_model)
     given = _spec({"seq": {"kind": "varlen", "dtype": "float32"},

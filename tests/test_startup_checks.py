@@ -11,8 +11,8 @@ import pytest
 
 from pipeline.run import EXIT_USAGE, main, run
 from tests import model_zoo as zoo
-from transforms.model import ModelError, open_model
-from transforms.read import InputError
+from transforms.errors import InputError, ModelError
+from transforms.model import open_model
 
 pytest_plugins = ["tests.model_zoo"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -21,14 +21,14 @@ import dataclasses
 import json
 from typing import Any, Iterator, Mapping, Sequence
 
+from transforms.errors import FeatureSpecError
+
 DTYPES = ("float32", "int64", "string")
 KINDS = ("fixed", "varlen", "ragged")
 MAX_SPEC_BYTES = 16 << 20  # a spec of thousands of features is well under 1 MB
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
-class FeatureSpecError(ValueError):
-    """A feature spec is malformed, or does not match the model's."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from transforms.feature_spec import Feature, FeatureSpec, FeatureSpecError
+from transforms.errors import FeatureSpecError
+from transforms.feature_spec import Feature, FeatureSpec
 
 PARSE_OPS = ("ParseExample", "ParseExampleV2")
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.feature_spec import FeatureSpec, FeatureSpecError
+from transforms.errors import FeatureSpecError, ModelError
+from transforms.feature_spec import FeatureSpec
 from transforms.introspect import (SignatureInfo, feed_problems, signature_info,
                                    spec_from_inputs)
 
@@ -24,8 +25,6 @@ _LOG = logging.getLogger(__name__)
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
-class ModelError(Exception):
-    """The model cannot be used as asked; the message says what to change."""
 
 
 @dataclasses.dataclass(frozen=True)

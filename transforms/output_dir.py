@@ -36,6 +36,8 @@ import time
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.errors import OutputError
+
 __all__ = ["OutputError", "OutputClaim", "SUCCESS", "MANIFEST", "LOCK", "RUN_ID",
            "normalize_output", "own_name", "scan", "check_output", "claim_output",
            "commit", "read_own_manifest", "run_outputs_dir"]
@@ -54,8 +56,6 @@ _OWN_FILE = re.compile(
 _STAGING = re.compile(r"\.tmp-" + RUN_ID.pattern)
 
 
-class OutputError(ValueError):
-    """The output location cannot be used as asked; the message says what to change."""
 
 
 def own_name(relative: str) -> bool:

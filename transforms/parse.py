@@ -272,7 +272,8 @@ def check_csv_header(path: str, spec: FeatureSpec, key_field: str | None,
                      max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
     """Start-up check of one CSV file's header (the job's first input): raises InputError
     when it is unreadable or when `header_problem` finds fault with it."""
-    from transforms.read import NOT_READ, InputError, iter_csv_blocks, open_shard
+    from transforms.errors import InputError
+    from transforms.read import NOT_READ, iter_csv_blocks, open_shard
     stream, _ = open_shard(path)
     try:
         items = iter_csv_blocks(stream, [], block_bytes=64 << 10,

@@ -36,6 +36,7 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.errors import InputError
 from transforms.records import MAX_PAYLOAD_BYTES, Batch, CsvBatch, RecordBatch, error_row
 
 _LOG = logging.getLogger(__name__)
@@ -51,8 +52,6 @@ _PAYLOAD_KEEP = MAX_PAYLOAD_BYTES + 1
 FORMATS = ("tfrecord", "csv")
 
 
-class InputError(ValueError):
-    """Input options or files that cannot be used; the message says what to change."""
 
 
 def infer_format(patterns: list[str]) -> str:

@@ -24,27 +24,10 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
+from transforms.errors import ERROR_TYPES
+
 MAX_PAYLOAD_BYTES = 64 * 1024
 
-ERROR_TYPES = {
-    "corrupt_record": "a TFRecord frame whose data CRC does not match, a truncated last record, "
-                      "or a record larger than --max_record_bytes (skipped)",
-    "unreadable_tail": "the rest of a file could not be read (bad length CRC, not a TFRecord, "
-                       "a record length past the end of the file, broken gzip, a CSV first "
-                       "line that is not a header); `message` says how many records were read "
-                       "before it",
-    "csv_format": "a CSV row with the wrong number of columns, unparseable CSV syntax, a line "
-                  "longer than --max_record_bytes, or a row of a file whose header does not "
-                  "fit the feature spec (a repeated or case-mismatched column, a missing "
-                  "required feature, none of the features)",
-    "parse_error": "a value that cannot be converted to the feature's dtype, or a record that "
-                   "is not a tf.Example",
-    "missing_feature": "a required feature (fixed, no default) is absent or empty",
-    "type_mismatch": "a feature holds another type than the spec's (e.g. int64 for float)",
-    "shape_mismatch": "a fixed feature with the wrong number of values",
-    "missing_key": "the --key_field is absent from the record, or its CSV cell is empty",
-    "model_error": "the model call failed for this record alone",
-}
 
 
 class Batch:

@@ -31,15 +31,13 @@ import threading
 import time
 import uuid
 
-from transforms.model import ModelError
+from transforms.errors import StagingError
 
 _LOG = logging.getLogger(__name__)
 DOWNLOAD_THREADS = 8
 _COMPLETE_MARKER = ".staged"
 
 
-class StagingError(ModelError):
-    """The model cannot be staged from GCS; the message says what to change."""
 
 
 @dataclasses.dataclass(frozen=True)
