@@ -14,7 +14,36 @@ import collections
 import apache_beam as beam
 import numpy as np
 
+__all__ = ["NAMESPACE", "ALL", "JobCounters", "percentiles_ms", "ShardMetricsFn",
+           "JobMetricsFn", "stats_events", "call_event", "predicted_events", "error_events",
+           "shard_row"]
+
+NAMESPACE = "batch_predict"
 ALL = "*"
+
+
+class JobCounters:
+    """The job's Beam metrics: one namespace, the unit in every name. Each DoFn makes one in
+    setup() and updates the ones its step owns (like Beam's RunInference _MetricsCollector)."""
+
+    def __init__(self):
+        counter = beam.metrics.Metrics.counter
+        distribution = beam.metrics.Metrics.distribution
+        # read
+        self.records_in = counter(NAMESPACE, "records_in")
+        self.read_errors = counter(NAMESPACE, "read_errors")
+        self.input_bytes = counter(NAMESPACE, "input_bytes")
+        # parse
+        self.parse_errors = counter(NAMESPACE, "parse_errors")
+        # predict
+        self.predicted = counter(NAMESPACE, "predicted")
+        self.model_errors = counter(NAMESPACE, "model_errors")
+        self.model_calls = counter(NAMESPACE, "model_calls")
+        self.model_loads = counter(NAMESPACE, "model_loads")
+        self.oom_backoffs = counter(NAMESPACE, "oom_backoffs")
+        self.model_call_latency_micro_secs = distribution(NAMESPACE,
+                                                          "model_call_latency_micro_secs")
+        self.chunk_size_records = distribution(NAMESPACE, "chunk_size_records")
 
 
 def percentiles_ms(latencies_us: list[float]) -> dict:

@@ -51,7 +51,8 @@ import pyarrow.compute as pc
 from transforms.examples import FeatureColumn, encode_examples
 from transforms.feature_spec import Feature, FeatureSpec
 from transforms.records import CsvBatch, RecordBatch, error_row, in_global_window
-from transforms.read import DEFAULT_MAX_RECORD_BYTES, NAMESPACE
+from transforms.metrics import JobCounters
+from transforms.read import DEFAULT_MAX_RECORD_BYTES
 
 _NP = {"float32": np.float32, "int64": np.int64}
 
@@ -368,7 +369,7 @@ class ParseWithSpecDoFn(beam.DoFn):
 
     def setup(self):
         from concurrent.futures import ThreadPoolExecutor
-        self._errors = beam.metrics.Metrics.counter(NAMESPACE, "parse_errors")
+        self._metrics = JobCounters()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="csv-parse")
 
     def teardown(self):
@@ -399,7 +400,7 @@ class ParseWithSpecDoFn(beam.DoFn):
 
     def _outputs(self, future):
         records, errors = future.result()
-        self._errors.inc(len(errors))
+        self._metrics.parse_errors.inc(len(errors))
         for row in errors:
             yield beam.pvalue.TaggedOutput("errors", row)
         if records is not None:

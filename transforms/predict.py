@@ -37,8 +37,7 @@ from apache_beam.utils import shared
 
 from transforms.feature_spec import FeatureSpec
 from transforms.records import Batch, RecordBatch, error_row, in_global_window
-from transforms.metrics import ALL
-from transforms.read import NAMESPACE
+from transforms.metrics import ALL, JobCounters
 
 _LOG = logging.getLogger(__name__)
 _PROGRESS_SECONDS = 30.0
@@ -291,14 +290,7 @@ class PredictDoFn(beam.DoFn):
             self._holder = self._shared.acquire(self._load, tag=shared_tag(self._config))
             self._model = self._holder.model
             self._key_parser = self._build_key_parser()
-        self._predicted = beam.metrics.Metrics.counter(NAMESPACE, "predicted")
-        self._errors = beam.metrics.Metrics.counter(NAMESPACE, "model_errors")
-        self._calls = beam.metrics.Metrics.counter(NAMESPACE, "model_calls")
-        self._loads = beam.metrics.Metrics.counter(NAMESPACE, "model_loads")
-        self._latency = beam.metrics.Metrics.distribution(
-            NAMESPACE, "model_call_latency_micro_secs")
-        self._chunk_sizes = beam.metrics.Metrics.distribution(NAMESPACE, "chunk_size_records")
-        self._oom_backoffs = beam.metrics.Metrics.counter(NAMESPACE, "oom_backoffs")
+        self._metrics = JobCounters()
         # the model runs in its own thread(s) (TensorFlow releases the GIL), so chunk k is
         # scored while this thread formats and writes chunk k-1 and reads the next records
         self._concurrent = max(1, self._config.concurrent_calls)
@@ -370,7 +362,7 @@ class PredictDoFn(beam.DoFn):
             if holder.reported:
                 return
             holder.reported = True
-        self._loads.inc()
+        self._metrics.model_loads.inc()
         m = self._model
         yield beam.pvalue.TaggedOutput("model_loads", {
             "pid": holder.pid, "host": socket.gethostname(), "model": m.version.path,
@@ -434,7 +426,7 @@ class PredictDoFn(beam.DoFn):
                                    chunk.serialized[pos], line=line)
             yield beam.pvalue.TaggedOutput("errors", errors_row)
         if errors:
-            self._errors.inc(len(errors))
+            self._metrics.model_errors.inc(len(errors))
         for positions, _, _, elapsed_ns in results:
             yield from self._latency_rows(chunk, positions, elapsed_ns)
         if not results:
@@ -461,12 +453,12 @@ class PredictDoFn(beam.DoFn):
                         chunk.shards[pos], chunk.indices[pos], "missing_key",
                         f"key feature {self._config.key_field!r} is absent",
                         chunk.serialized[pos], line=None))
-                self._errors.inc(int((~has_key).sum()))
+                self._metrics.model_errors.inc(int((~has_key).sum()))
                 outputs = {k: v[has_key] for k, v in outputs.items()}
                 positions, values = positions[has_key], values[has_key]
             keys = values
         n = len(positions)
-        self._predicted.inc(n)
+        self._metrics.predicted.inc(n)
         self._scored_since_log += n
         self._log_progress()
         yield PredictionBatch(chunk.shards[positions], chunk.indices[positions], keys, outputs,
@@ -520,7 +512,7 @@ class PredictDoFn(beam.DoFn):
             self._tuner.cap(limit)
         if limit < self._chunk_limit:
             self._chunk_limit = max(1, limit)
-            self._oom_backoffs.inc()
+            self._metrics.oom_backoffs.inc()
             _LOG.warning("model call on %d records ran out of memory; process %d now scores "
                          "at most %d records per call (--batch_size %d)", failed, os.getpid(),
                          self._chunk_limit, self._batch_size)
@@ -528,9 +520,9 @@ class PredictDoFn(beam.DoFn):
     def _latency_rows(self, chunk: _Chunk, positions: np.ndarray, elapsed_ns: int):
         """One row per (model call, shard in it): the call's latency and the shard's share."""
         micros = elapsed_ns / 1000.0
-        self._calls.inc()
-        self._latency.update(int(micros))
-        self._chunk_sizes.update(len(positions))
+        self._metrics.model_calls.inc()
+        self._metrics.model_call_latency_micro_secs.update(int(micros))
+        self._metrics.chunk_size_records.update(len(positions))
         n = len(positions)
         yield beam.pvalue.TaggedOutput("latency", (ALL, (micros, n, n)))
         for shard, count in chunk.shard_counts(positions):

@@ -37,10 +37,10 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import InputError
+from transforms.metrics import JobCounters
 from transforms.records import MAX_PAYLOAD_BYTES, Batch, CsvBatch, RecordBatch, error_row
 
 _LOG = logging.getLogger(__name__)
-NAMESPACE = "batch_predict"
 _READ_CHUNK = 4 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 # The largest record (TFRecord frame or CSV line) read into memory; a larger one is an error
@@ -721,9 +721,7 @@ class ReadShardDoFn(beam.DoFn):
         self._max_record_bytes = max_record_bytes
 
     def setup(self):
-        self._records = beam.metrics.Metrics.counter(NAMESPACE, "records_in")
-        self._read_errors = beam.metrics.Metrics.counter(NAMESPACE, "read_errors")
-        self._bytes = beam.metrics.Metrics.counter(NAMESPACE, "input_bytes")
+        self._metrics = JobCounters()
 
     def process(self, path: str):
         start = time.monotonic()
@@ -737,9 +735,9 @@ class ReadShardDoFn(beam.DoFn):
             stats["bytes"] = raw.tell()  # as stored: compressed bytes for a gzip file
         finally:
             stream.close()
-        self._bytes.inc(stats["bytes"])
-        self._records.inc(stats["records"])
-        self._read_errors.inc(stats["read_errors"])
+        self._metrics.input_bytes.inc(stats["bytes"])
+        self._metrics.records_in.inc(stats["records"])
+        self._metrics.read_errors.inc(stats["read_errors"])
         stats["read_seconds"] = round(time.monotonic() - start, 3)
         _LOG.info("read %s: %d records (%d unreadable) in %.1fs", path, stats["records"],
                   stats["read_errors"], stats["read_seconds"])
