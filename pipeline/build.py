@@ -29,8 +29,8 @@ from transforms.read import (DEFAULT_MAX_RECORD_BYTES, ReadRecordBatches,
 from transforms.records import Batch
 from transforms.staging import default_cache_dir
 from transforms.errors import InputError, OutputError
-from transforms.output_dir import (RUN_ID, check_output, claim_output,
-                                   normalize_output, staging_name)
+from transforms.output_dir import RUN_ID
+from transforms.sink import FileFamilySink, Sink
 from transforms.write import (FinalizeDoFn, WriteJsonLines, WriteMetricsDoFn, WritePredictions,
                               build_reports, prediction_header)
 
@@ -43,7 +43,8 @@ class JobPlan:
     input_format: str
     model: ModelConfig
     output_names: list[str]
-    output_dir: str
+    sink: Sink            # where the outputs go (transforms.sink)
+    output_dir: str       # the sink's location
     staging_dir: str
     output_format: str
     batch_size: int
@@ -144,8 +145,8 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
     input_format = opts.input_format or infer_format([f for f, _ in files])
     _LOG.info("plan: %d input files (%s), %.1f MB", len(files), input_format,
               sum(s for _, s in files) / 1e6)
-    output_dir = normalize_output(opts.output)
-    check_output(output_dir, opts.overwrite, [f for f, _ in files])
+    sink = FileFamilySink(opts.output)
+    sink.check(opts.overwrite, [f for f, _ in files])
     given = FeatureSpec.load(opts.feature_spec) if opts.feature_spec else None
     # TensorFlow's own pools unless told otherwise: splitting the cores between local worker
     # processes or concurrent calls (1 intra-op thread each on 2 cores) measured 1.35-1.45x on
@@ -193,15 +194,15 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
     holder = shared_model.acquire(lambda: ModelHolder(model), tag=shared_tag(config))
     held = None
     if claim:
-        held = claim_output(output_dir, run_id)
+        held = sink.claim(run_id)
         try:  # another run may have finished there while this one loaded its model
-            check_output(output_dir, opts.overwrite, [f for f, _ in files])
+            sink.check(opts.overwrite, [f for f, _ in files])
         except OutputError:
             held.release()
             raise
     return JobPlan(files=files, input_format=input_format, model=config,
-                   output_names=model.output_names, output_dir=output_dir,
-                   staging_dir=f"{output_dir}/{staging_name(run_id)}", claim=held,
+                   output_names=model.output_names, sink=sink, output_dir=sink.location,
+                   staging_dir=sink.staging_location(run_id), claim=held,
                    output_format=opts.output_format,
                    batch_size=DEFAULT_BATCH_SIZE if auto_batch else opts.batch_size,
                    auto_batch=auto_batch, overwrite=opts.overwrite,
@@ -252,7 +253,8 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
         beam.pvalue.AsList(scored.model_loads)))
     side = [beam.pvalue.AsList(w) for w in written]
     _ = summary | "Finalize" >> beam.ParDo(
-        FinalizeDoFn(plan.output_dir, staging, plan.overwrite, expected_files(plan)), *side)
+        FinalizeDoFn(plan.sink, plan.run_info["run_id"], plan.overwrite, expected_files(plan)),
+        *side)
 
 
 def expected_files(plan: JobPlan) -> dict[str, tuple[str, bytes | None]]:

@@ -26,7 +26,6 @@ from pipeline.dataflow import builds_job_only, is_dataflow, prepare_dataflow_opt
 from pipeline.options import BatchPredictOptions
 from pipeline.provenance import run_provenance
 from transforms.errors import UserError
-from transforms.output_dir import run_outputs_dir
 from transforms.predict import loading_phase
 
 _LOG = logging.getLogger("batch_predict")
@@ -185,7 +184,7 @@ def execute(argv: list[str]) -> tuple[int, str | None]:
         print(f"Dataflow job built, not run (template file or dry run); outputs would go to "
               f"{plan.output_dir}")
         return EXIT_OK, None
-    where = run_outputs_dir(plan.output_dir, plan.run_info["run_id"])
+    where = plan.sink.outputs_of(plan.run_info["run_id"])
     summary = read_summary(where) if where else None
     if summary is None:
         print(f"error: the job finished but wrote no summary in {plan.output_dir}",

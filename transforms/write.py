@@ -2,8 +2,8 @@
 
 Everything is first written under a staging dir `OUTPUT/.tmp-RUN_ID/`, one file per bundle
 (`WriteStagedFilesDoFn`, fused with the steps before it). The last step, `Finalize`, runs
-once all writes are done (their file lists are its side inputs) and hands them to
-`transforms.output_dir.commit`, which replaces a previous run's outputs (only this tool's own
+once all writes are done (their file lists are its side inputs) and hands them to the sink
+(`transforms.sink`; for files `transforms.output_dir.commit`), which replaces a previous run's outputs (only this tool's own
 names), renames the staged files into place, then writes manifest.json and, if the error budget
 holds, `_SUCCESS`. A run that dies before that leaves only its `.tmp-*` dir, which nothing
 mistakes for output and the next successful run removes.
@@ -27,8 +27,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms import format as fmt
-from transforms import output_dir
-from transforms.metrics import ALL, percentiles_ms  # noqa: F401  (re-exported for reports)
+from transforms.metrics import ALL, percentiles_ms
+from transforms.sink import Sink
 
 _LOG = logging.getLogger(__name__)
 
@@ -260,14 +260,16 @@ def build_manifest(summary: dict, outputs: list[str], model_loads: dict | None =
 
 
 class FinalizeDoFn(beam.DoFn):
-    """Moves staged files into place, then writes manifest.json and (within the error budget)
-    _SUCCESS, in that order: a consumer that sees _SUCCESS finds everything else in place.
-    Safe to run twice (a retried step on Dataflow): see `transforms.output_dir.commit`."""
+    """Hands the staged files to the sink, which moves them into place, then writes
+    manifest.json and (within the error budget) _SUCCESS, in that order: a consumer that sees
+    _SUCCESS finds everything else in place. Safe to run twice (a retried step on Dataflow):
+    see `transforms.sink`."""
 
-    def __init__(self, output_dir: str, staging: str, overwrite: bool,
+    def __init__(self, sink: Sink, run_id: str, overwrite: bool,
                  expected: dict[str, tuple[str, bytes | None]] | None = None):
-        self._output_dir = output_dir
-        self._staging = staging
+        self._sink = sink
+        self._run_id = run_id
+        self._staging = sink.staging_location(run_id)
         self._overwrite = overwrite
         # family -> (suffix, header): an empty file (header only) when no bundle wrote one
         self._expected = expected or {}
@@ -300,8 +302,8 @@ class FinalizeDoFn(beam.DoFn):
 
         # a run that lost records (not accounted) is never marked done, whatever its budget
         within = summary["within_error_budget"] and summary["accounted"]
-        where = output_dir.commit(self._output_dir, self._staging, summary["run_id"], renames,
-                                  within, self._overwrite, manifest_for)
+        where = self._sink.finalize(self._run_id, renames, within, self._overwrite,
+                                    manifest_for)
         _LOG.info("finalize: %d files in %s%s", len(renames), where,
                   ", _SUCCESS written" if within else
                   " (records not accounted for: no _SUCCESS)" if not summary["accounted"] else
