@@ -11,7 +11,9 @@ import shutil
 import sys
 
 from pipeline import demo
-from pipeline.run import EXIT_OK, format_summary, read_summary, run, configure_logging
+from pipeline.run import EXIT_OK, configure_logging, format_summary, read_summary, run
+
+__all__ = ["main"]
 
 
 def main(argv: list[str]) -> int:

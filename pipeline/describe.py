@@ -9,9 +9,12 @@ import argparse
 import json
 import sys
 
+from pipeline.run import EXIT_OK, EXIT_USAGE
 from transforms.errors import FeatureSpecError, ModelError
 from transforms.introspect import signature_info
 from transforms.model import load_signature, model_size_bytes, settle_spec
+
+__all__ = ["describe", "main"]
 
 
 def describe(model_path: str, signature: str = "serving_default",
@@ -54,12 +57,12 @@ def main(argv: list[str]) -> int:
         info = describe(args.model, args.signature, args.model_cache_dir)
     except (ModelError, FeatureSpecError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.spec_only:
         if "feature_spec" not in info:
             print(f"error: {info['feature_spec_error']}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         print(json.dumps(info["feature_spec"], indent=2))
-        return 0
+        return EXIT_OK
     print(json.dumps(info, indent=2))
-    return 0
+    return EXIT_OK

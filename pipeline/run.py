@@ -28,8 +28,14 @@ from pipeline.provenance import run_provenance
 from transforms.errors import UserError
 from transforms.predict import loading_phase
 
+__all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_ERROR_BUDGET", "LOCAL_RUNNERS",
+           "make_pipeline", "read_summary", "run", "format_summary", "WORKER_LOGGER",
+           "WorkerLogFilter", "configure_logging", "main", "execute", "Stopped", "StopRequest"]
+
 _LOG = logging.getLogger("batch_predict")
+# the exit codes of every command of this package (pipeline, describe, demo, jobs)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR_BUDGET = 0, 1, 2, 3
+# runners that run on this machine's FnApiRunner (None: no --runner given)
 LOCAL_RUNNERS = (None, "DirectRunner", "FnApiRunner")
 
 
@@ -141,15 +147,9 @@ def configure_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pipeline ...` / `batch-predict ...`."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "describe":
-        from pipeline.describe import main as describe_main
-        return describe_main(argv[1:])
-    if argv and argv[0] == "demo":
-        from pipeline.demo_job import main as demo_main
-        return demo_main(argv[1:])
-    return execute(argv)[0]
+    """One scoring job from a command line; returns its exit code. (`python -m pipeline` and
+    `batch-predict` come through pipeline/__main__.py, which also dispatches subcommands.)"""
+    return execute(list(sys.argv[1:] if argv is None else argv))[0]
 
 
 def execute(argv: list[str]) -> tuple[int, str | None]:
