@@ -10,8 +10,9 @@ within one round:
   (c) Beam RunInference    one example per element, a TF SavedModel ModelHandler
                            (benchmarks.runinference)
 
-plus a scaling series (records vs us/record and peak RSS), start-up time on a 100-record input,
-and single- vs multi-process DirectRunner on the heavy model. `benchmarks.profile` attributes
-the pipeline's time to stages from a py-spy recording. Nothing here is imported by the
-pipeline; results and the exact commands are kept in benchmarks/RESULTS.md.
+plus a scaling series (records vs µs/record and peak RSS, against Beam's own smallest jobs:
+benchmarks.beam_floor), start-up time on a 100-record input, single- vs multi-process
+DirectRunner on the heavy model, and a --batch_size sweep. Tables: benchmarks.report. Nothing
+here is imported by the pipeline; the current figures and the commands that produced them are
+in benchmarks/RESULTS.md.
 """

@@ -23,7 +23,7 @@ import pathlib
 import tempfile
 import time
 
-T_START = time.time()
+__all__ = ["main"]
 
 
 def _timed(build) -> float:

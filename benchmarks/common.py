@@ -1,4 +1,4 @@
-"""Running one measurement in a fresh subprocess, and small statistics helpers.
+"""Running one measurement in a fresh subprocess, and small statistics and table helpers.
 
 Every measurement is a child process `python -m benchmarks.<module> --result FILE ...` that
 writes one JSON object to FILE. The parent reaps the child with `os.wait4`, which gives that
@@ -9,22 +9,31 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import time
+
+__all__ = ["REPO", "ChildFailed", "snapshot_code", "child_env", "run_child", "child_args",
+           "cpu_seconds", "write_result", "med", "span", "fmt", "pct", "ratios",
+           "ratio_span", "markdown_table"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # where children import `pipeline`/`transforms`/`benchmarks` from (see snapshot_code)
 CODE_DIR = REPO
 
 
-def snapshot_code(dest: str, rev: str = "HEAD", activate: bool = True) -> str:
+class ChildFailed(RuntimeError):
+    pass
+
+
+def snapshot_code(dest: str, rev: str = "HEAD") -> str:
     """Export `rev`'s pipeline/ and transforms/ (plus the working tree's benchmarks/) to dest,
     and make every child import from there: other people edit the work tree while a
     benchmark runs, and numbers must belong to one commit. Returns the commit id."""
     global CODE_DIR
-    import shutil
     commit = subprocess.run(["git", "rev-parse", rev], cwd=REPO, capture_output=True,
                             text=True, check=True).stdout.strip()
     shutil.rmtree(dest, ignore_errors=True)
@@ -34,32 +43,23 @@ def snapshot_code(dest: str, rev: str = "HEAD", activate: bool = True) -> str:
     subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
     shutil.copytree(os.path.join(REPO, "benchmarks"), os.path.join(dest, "benchmarks"),
                     ignore=shutil.ignore_patterns("__pycache__", "*.md"))
-    if activate:
-        CODE_DIR = dest
+    CODE_DIR = dest
     return commit
 
 
-class ChildFailed(RuntimeError):
-    pass
-
-
-def child_env(extra: dict | None = None, code_dir: str | None = None) -> dict:
+def child_env() -> dict:
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("NO_GCE_CHECK", "true")  # never probe the GCE metadata server
-    code_dir = code_dir or CODE_DIR
-    env["PYTHONPATH"] = code_dir + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
-                                     else "")
+    env["PYTHONPATH"] = CODE_DIR + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
+                                    else "")
     env.setdefault("PYTHONUNBUFFERED", "1")
-    if extra:
-        env.update(extra)
     return env
 
 
 def run_child(module: str, args: list[str], workdir: str, name: str,
-              timeout: float = 3600.0, python: str | None = None,
-              wrapper: list[str] | None = None, code_dir: str | None = None) -> dict:
-    """Run `python -m module args --result F --spawned T`; returns the child's JSON plus
+              timeout: float = 3600.0) -> dict:
+    """Run `python -m module --result F --spawned T args`; returns the child's JSON plus
     `peak_rss_mb`, `process_wall_s` and `log`. Raises ChildFailed with the log's tail."""
     os.makedirs(workdir, exist_ok=True)
     result_path = os.path.join(workdir, f"{name}.json")
@@ -67,15 +67,13 @@ def run_child(module: str, args: list[str], workdir: str, name: str,
     if os.path.exists(result_path):
         os.remove(result_path)
     spawned = time.time()
-    cmd = [python or sys.executable, "-m", module, "--result", result_path,
+    cmd = [sys.executable, "-m", module, "--result", result_path,
            "--spawned", repr(spawned)] + list(args)
-    if wrapper:
-        cmd = list(wrapper) + cmd
     with open(log_path, "wb") as log:
         log.write((" ".join(cmd) + "\n").encode())
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                cwd=code_dir or CODE_DIR, env=child_env(code_dir=code_dir))
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=CODE_DIR,
+                                env=child_env())
         deadline = time.monotonic() + timeout
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -87,10 +85,11 @@ def run_child(module: str, args: list[str], workdir: str, name: str,
                 break
             time.sleep(0.02)
     wall = time.time() - spawned
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0 or not os.path.exists(result_path):
-        raise ChildFailed(f"{module} {name} exited with {proc.returncode}; log {log_path}:\n"
-                          + tail(log_path))
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0 or not os.path.exists(result_path):
+        with open(log_path, errors="replace") as fh:
+            tail = "".join(fh.readlines()[-30:])
+        raise ChildFailed(f"{module} {name} exited with {code}; log {log_path}:\n{tail}")
     with open(result_path) as fh:
         out = json.load(fh)
     out["peak_rss_mb"] = round(usage.ru_maxrss / 1024.0, 1)
@@ -99,18 +98,17 @@ def run_child(module: str, args: list[str], workdir: str, name: str,
     return out
 
 
-def tail(path: str, lines: int = 30) -> str:
-    try:
-        with open(path, errors="replace") as fh:
-            return "".join(fh.readlines()[-lines:])
-    except OSError:
-        return ""
+def child_args(parser, argv=None):
+    """A child's own arguments plus the two every child takes from run_child."""
+    parser.add_argument("--result", required=True, help="write the figures to this JSON file")
+    parser.add_argument("--spawned", type=float, default=None,
+                        help="time.time() when the parent spawned this process")
+    return parser.parse_args(argv)
 
 
 def cpu_seconds() -> float:
     """User + system CPU of this process and its reaped children so far (load-robust cost:
     other people's processes on the machine inflate wall time far more than CPU time)."""
-    import resource
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
@@ -160,12 +158,20 @@ def pct(v) -> str:
     return "-" if v is None else f"{100 * v:.0f}%"
 
 
-def pct_span(values) -> str:
-    return span(values, pct)
+def ratios(tops, bottoms) -> list:
+    """Per-round ratios top / bottom (None where either is missing)."""
+    return [t / b if t and b else None for t, b in zip(tops, bottoms)]
+
+
+def ratio_span(tops, bottoms) -> str:
+    """'median (min–max)' of the per-round ratios, in percent; '-' without any."""
+    return span(ratios(tops, bottoms), pct)
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    def line(cells):
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(header), sep] + [line(r) for r in rows])

@@ -21,6 +21,10 @@ import os
 import shutil
 import time
 
+__all__ = ["MODELS", "SCALING_UNIT", "model_base", "data_dir", "scaling_dir", "scaling_rows",
+           "patterns", "resolve_model", "csv_column_defaults", "ensure_model", "ensure_data",
+           "ensure_scaling"]
+
 MODELS = {"small": (256, 256), "heavy": (2048, 2048, 2048)}
 SHARDS = 4
 SCALING_UNIT = 50_000  # rows in scaling/base (all shards together)
@@ -47,6 +51,29 @@ def scaling_rows(rows: int) -> int:
 def patterns(directory: str) -> dict:
     return {"tfrecord": os.path.join(directory, "part-*.tfrecord*"),
             "csv": os.path.join(directory, "part-*.csv")}
+
+
+def resolve_model(model: str) -> str:
+    """The newest numeric version under an export base dir (or the dir itself)."""
+    if os.path.exists(os.path.join(model, "saved_model.pb")):
+        return model
+    versions = [d for d in os.listdir(model) if d.isdigit()]
+    return os.path.join(model, max(versions, key=int))
+
+
+def csv_column_defaults(header: list[str]) -> list:
+    """`tf.io.decode_csv` record defaults for the demo data's columns: the demo spec's default,
+    none for a required feature, string for a column that is not a feature (the id)."""
+    import tensorflow as tf
+    from pipeline.demo import demo_spec
+    spec = demo_spec()
+    defaults = []
+    for name in header:
+        f = spec[name] if name in spec else None
+        dtype = tf.string if f is None else tf.dtypes.as_dtype(f.dtype)
+        defaults.append(tf.constant([], dtype) if f is None or f.default is None
+                        else tf.constant([f.default[0]], dtype))
+    return defaults
 
 
 def _done(path: str, meta: dict) -> bool:
@@ -120,15 +147,13 @@ def ensure_scaling(root: str, rows: int) -> str:
 
 
 def main(argv=None) -> int:
-    from benchmarks.common import write_result
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--result", required=True)
-    parser.add_argument("--spawned", type=float, default=None)
+    from benchmarks.common import child_args, write_result
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.data")
     parser.add_argument("--root", required=True)
     parser.add_argument("--models", default="small,heavy")
     parser.add_argument("--rows", type=int, action="append", default=[])
     parser.add_argument("--scaling", default="")
-    args = parser.parse_args(argv)
+    args = child_args(parser, argv)
     start = time.time()
     out = {"models": {}, "data": {}, "scaling": {}}
     for name in filter(None, args.models.split(",")):

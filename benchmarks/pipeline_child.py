@@ -12,8 +12,12 @@ Timeline recorded (wall clock, seconds since the parent spawned this process):
 Throughput: `e2e_eps` = records / run_s (everything after the imports: planning, model load,
 graph construction, reading, parsing, predicting, writing, metrics, finalize);
 `steady_eps` = (records - those of the first model call) / (end of run() - end of the first
-model call), i.e. without start-up.
-`startup_s` = first prediction - process spawn - TF import (issue 4's start-up definition).
+model call), i.e. without start-up. `startup_s` = first prediction - process spawn - TF import.
+
+`--cli`: the job as a user or a scheduler runs it instead, `python -m pipeline ARGS` with nothing
+imported ahead (TensorFlow is imported where the command line imports it), timed from spawn to
+exit by the parent (`process_wall_s`); `main_returned_s` is when the command's `main()`
+returned, so `process_wall_s - main_returned_s` is the interpreter's exit.
 """
 from __future__ import annotations
 
@@ -24,34 +28,28 @@ T_START = time.time()
 import argparse  # noqa: E402
 import threading  # noqa: E402
 
+__all__ = ["main"]
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--result", required=True)
-    parser.add_argument("--spawned", type=float, default=None)
-    parser.add_argument("--prototype", default="",
-                        help="comma-separated benchmarks.prototypes variants to install")
-    parser.add_argument("--tf_intra", type=int, default=0,
-                        help="set TF intra-op threads right after importing TF (the pipeline's "
-                             "own --tf_intra_op_threads comes too late in-process: the "
-                             "launcher has already started TF's runtime)")
-    parser.add_argument("pipeline_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    spawned = args.spawned or T_START
-    pargs = args.pipeline_args[1:] if args.pipeline_args[:1] == ["--"] else args.pipeline_args
 
+def _cli(pargs: list[str], spawned: float) -> dict:
+    import pipeline.__main__ as cli
+    code = cli.main(pargs)
+    return {"kind": "cli", "argv": pargs, "exit_code": code,
+            "main_returned_s": round(time.time() - spawned, 3)}
+
+
+def _run(pargs: list[str], spawned: float) -> dict:
     t = time.time()
     import tensorflow  # noqa: F401
     tf_import = time.time() - t
-    if args.tf_intra:
-        tensorflow.config.threading.set_intra_op_parallelism_threads(args.tf_intra)
     t = time.time()
     import apache_beam  # noqa: F401
+    from benchmarks.common import cpu_seconds
     from pipeline import run as prun
     from transforms import predict
     beam_import = time.time() - t
 
-    calls = {"first": None, "first_n": 0, "last": None, "n": 0, "records": 0}
+    calls = {"first": None, "first_n": 0, "last": None}
     lock = threading.Lock()
     original = predict.PredictDoFn._call
 
@@ -62,20 +60,12 @@ def main(argv=None) -> int:
             if calls["first"] is None:
                 calls["first"], calls["first_n"] = now, len(serialized)
             calls["last"] = now
-            calls["n"] += 1
-            calls["records"] += len(serialized)
         return out
 
     predict.PredictDoFn._call = timed_call
-
-    from benchmarks.common import cpu_seconds
     cpu0 = cpu_seconds()
-    inject = {}
-    if args.prototype:
-        from benchmarks.prototypes import apply
-        inject = apply(args.prototype.split(","))
     t_run = time.time()
-    _, plan = prun.run(pargs, **inject)
+    _, plan = prun.run(pargs)
     t_end = time.time()
     cpu = cpu_seconds() - cpu0
     summary = prun.read_summary(plan.output_dir) or {}
@@ -84,16 +74,11 @@ def main(argv=None) -> int:
     out = {
         "kind": "pipeline", "argv": pargs,
         "records_in": summary.get("records_in"), "records": records,
-        "errors": summary.get("errors"), "accounted": summary.get("accounted"),
+        "errors": summary.get("errors"),
         "tf_import_s": round(tf_import, 3), "beam_import_s": round(beam_import, 3),
-        "imports_done_s": round(t_run - spawned, 3),
         "run_s": round(run_s, 3), "cpu_s": round(cpu, 3),
         "cpu_us_per_record": cpu / records * 1e6 if records else None,
         "e2e_eps": records / run_s if run_s else None,
-        "summary_eps": summary.get("examples_per_second"),
-        "model_calls": summary.get("model_calls"),
-        "mean_model_us_per_example": summary.get("mean_us_per_example"),
-        "latency_ms": summary.get("latency_ms"),
     }
     if calls["first"] is not None:
         steady = t_end - calls["first"]
@@ -105,11 +90,22 @@ def main(argv=None) -> int:
             # the records of the first call were scored before `first`: not in the steady part
             "steady_eps": (records - calls["first_n"]) / steady
             if steady > 0 and records > calls["first_n"] else None,
-            "observed_calls": calls["n"],
         })
-    from benchmarks.common import write_result
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pipeline_child")
+    parser.add_argument("--cli", action="store_true",
+                        help="run `python -m pipeline`'s main() instead of pipeline.run.run()")
+    parser.add_argument("pipeline_args", nargs=argparse.REMAINDER)
+    from benchmarks.common import child_args, write_result
+    args = child_args(parser, argv)
+    spawned = args.spawned or T_START
+    pargs = args.pipeline_args[1:] if args.pipeline_args[:1] == ["--"] else args.pipeline_args
+    out = (_cli if args.cli else _run)(pargs, spawned)
     write_result(args.result, out)
-    return 0
+    return out.get("exit_code", 0)
 
 
 if __name__ == "__main__":

@@ -29,14 +29,9 @@ import threading  # noqa: E402
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult  # noqa: E402
 
-_FIRST = {"t": None, "n": 0, "lock": threading.Lock()}
+__all__ = ["SavedModelExampleHandler", "build", "main"]
 
-
-def _resolve(model: str) -> str:
-    if os.path.exists(os.path.join(model, "saved_model.pb")):
-        return model
-    versions = [d for d in os.listdir(model) if d.isdigit()]
-    return os.path.join(model, max(versions, key=int))
+_FIRST = {"t": None, "n": 0, "lock": threading.Lock()}  # the first model call on real data
 
 
 class SavedModelExampleHandler(ModelHandler):
@@ -45,8 +40,9 @@ class SavedModelExampleHandler(ModelHandler):
 
     def __init__(self, model_dir: str, input_format: str, key_field: str = "id",
                  csv_header: list[str] | None = None, max_batch_size: int = 4096):
+        from benchmarks.data import resolve_model
         super().__init__(max_batch_size=max_batch_size)
-        self._model_dir = _resolve(model_dir)
+        self._model_dir = resolve_model(model_dir)
         self._format = input_format
         self._key = key_field
         self._header = csv_header
@@ -58,24 +54,13 @@ class SavedModelExampleHandler(ModelHandler):
     def get_num_bytes(self, batch) -> int:
         return sum(len(x) for x in batch)
 
-    def _csv_defaults(self):
-        import tensorflow as tf
-        from pipeline.demo import demo_spec
-        spec = demo_spec()
-        defaults = []
-        for name in self._header:
-            f = spec[name] if name in spec else None
-            dtype = tf.string if f is None else tf.dtypes.as_dtype(f.dtype)
-            defaults.append(tf.constant([], dtype) if f is None or f.default is None
-                            else tf.constant([f.default[0]], dtype))
-        return defaults
-
     def run_inference(self, batch, model, inference_args=None):
         import tensorflow as tf
         x = tf.constant(batch)
         if self._format == "csv":
             if not hasattr(self, "_defaults"):
-                self._defaults = self._csv_defaults()
+                from benchmarks.data import csv_column_defaults
+                self._defaults = csv_column_defaults(self._header)
             cols = dict(zip(self._header, tf.io.decode_csv(x, self._defaults)))
             keys = cols.pop(self._key).numpy()
             out = model.signatures["predict_raw"](**cols)
@@ -137,9 +122,8 @@ def build(p, model_dir: str, pattern: str, input_format: str, output: str, outpu
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--result", required=True)
-    parser.add_argument("--spawned", type=float, default=None)
+    from benchmarks.common import child_args, cpu_seconds, write_result
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.runinference")
     parser.add_argument("--model", required=True)
     parser.add_argument("--input", required=True)
     parser.add_argument("--input_format", choices=["tfrecord", "csv"], required=True)
@@ -147,7 +131,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output_format", choices=["jsonl", "csv"], default="jsonl")
     parser.add_argument("--key_field", default="id")
     parser.add_argument("--max_batch_size", type=int, default=4096)
-    args, beam_args = parser.parse_known_args(argv)
+    args = child_args(parser, argv)
     spawned = args.spawned or T_START
     t = time.time()
     import tensorflow  # noqa: F401
@@ -155,17 +139,11 @@ def main(argv=None) -> int:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-    # the handler must come from the importable module, not __main__: dill pickles __main__
-    # classes by value, and the copy would not share _FIRST with this process
-    from benchmarks.runinference import _FIRST as first, build as build_
-    from benchmarks.common import cpu_seconds
     cpu0 = cpu_seconds()
     t_run = time.time()
-    p = beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(beam_args))
-    written = build_(p, args.model, args.input, args.input_format, args.output,
-                    args.output_format, args.key_field, args.max_batch_size)
-    _ = written
+    p = beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions([]))
+    build(p, args.model, args.input, args.input_format, args.output, args.output_format,
+          args.key_field, args.max_batch_size)
     p.run().wait_until_finish()
     t_end = time.time()
     cpu = cpu_seconds() - cpu0
@@ -179,13 +157,15 @@ def main(argv=None) -> int:
            "cpu_s": round(cpu, 3), "cpu_us_per_record": cpu / records * 1e6 if records else None,
            "tf_import_s": round(tf_import, 3),
            "e2e_eps": records / run_s if run_s else None}
-    if first["t"] is not None:
-        out["first_pred_s"] = round(first["t"] - spawned, 3)
-        out["steady_eps"] = (records - first["n"]) / (t_end - first["t"])
-    from benchmarks.common import write_result
+    if _FIRST["t"] is not None:
+        out["first_pred_s"] = round(_FIRST["t"] - spawned, 3)
+        out["steady_eps"] = (records - _FIRST["n"]) / (t_end - _FIRST["t"])
     write_result(args.result, out)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # run the importable module's main, not this __main__ copy: dill pickles __main__ classes
+    # by value, and the handler's copy would not share _FIRST with this process
+    from benchmarks.runinference import main as module_main
+    raise SystemExit(module_main())

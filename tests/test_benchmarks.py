@@ -5,18 +5,18 @@ import math
 
 import pytest
 
-from benchmarks import __main__ as bench
+from benchmarks import report
 from benchmarks import tf_alone
-from benchmarks.common import REPO
+from benchmarks.common import REPO, fmt, run_child
 
 
 def test_tf_alone_scores_every_record_of_both_formats(demo_model_dir, demo_data):
     """1,500 fixture rows (one TFRecord shard gzip): every one is scored, in ceil(n/b) calls."""
-    for fmt in ("tfrecord", "csv"):
-        r = tf_alone.measure(demo_model_dir, sorted(demo_data[fmt]), fmt, "serialized", 256)
-        assert r["records"] == len(demo_data["rows"]) == 1500, fmt
+    for kind in ("tfrecord", "csv"):
+        r = tf_alone.measure(demo_model_dir, sorted(demo_data[kind]), kind, 256)
+        assert r["records"] == len(demo_data["rows"]) == 1500, kind
         # TFRecord: plain and gzip shards are two datasets concatenated (500 + 1000 records)
-        assert r["calls"] == (2 + 4 if fmt == "tfrecord" else math.ceil(1500 / 256)), fmt
+        assert r["calls"] == (2 + 4 if kind == "tfrecord" else math.ceil(1500 / 256)), kind
         assert r["iterator_teardown_s"] >= 0 and r["e2e_s"] > 0
         assert r["steady_eps"] > 0 and r["cores_busy"] > 0
 
@@ -27,12 +27,12 @@ def _run(eps, busy, cpu=10.0):
 
 def test_reference_is_the_faster_run_and_slowed_rounds_do_not_count():
     before, after = _run(5_000, 1.0, cpu=12.0), _run(11_000, 1.9, cpu=11.0)
-    ref = bench.tf_reference(before, after)
+    ref = report.tf_reference(before, after)
     assert ref["steady_eps"] == 11_000 and ref["cpu_us_per_record"] == 11.0
     rounds = [{"tf": {"before": _run(11_000, 1.9), "after": _run(10_500, 1.8)}},
               {"tf": {"before": _run(5_600, 1.0), "after": _run(5_700, 1.05)}},  # both slowed
               {"tf": {"before": _run(5_600, 1.0), "after": _run(11_200, 1.85)}}]
-    assert bench.valid_rounds(rounds) == [True, False, True]
+    assert report.valid_rounds(rounds) == [True, False, True]
 
 
 def test_scaling_marginal_cost_is_the_difference_quotient():
@@ -40,7 +40,7 @@ def test_scaling_marginal_cost_is_the_difference_quotient():
              "cpu_us_per_record": 9.0}
             for n, s, rss in ((100_000, 1.4, 750.0), (500_000, 3.8, 758.0),
                               (1_000_000, 6.8, 760.0))]
-    out = "\n".join(bench.scaling_table(recs))
+    out = "\n".join(report.scaling_table(recs))
     # (3.8 - 1.4) s / 400k = 6.00 µs; (6.8 - 3.8) s / 500k = 6.00 µs
     assert "marginal µs/record within 15% of each other (met: 6.00–6.00)" in out
     assert "e2e µs/record within 15% from 100,000 to 1,000,000 (NOT met" in out
@@ -59,15 +59,15 @@ def test_scaling_line_is_the_least_squares_fit_and_a_growing_cost_is_named():
             for n in sizes for jitter in (-0.01, 0.0, 0.01)]
     recs = [{"rows": n, "run_s": s, "peak_rss_mb": 760.0} for n, s in runs]
     slope, intercept = np.polyfit([n for n, _ in runs], [s for _, s in runs], 1)
-    fixed, per_record = bench.linear_fit([(n, s) for n, s in runs])
+    fixed, per_record = report.linear_fit([(n, s) for n, s in runs])
     assert math.isclose(fixed, intercept, rel_tol=1e-9)
     assert math.isclose(per_record, slope, rel_tol=1e-9)
-    out = "\n".join(bench.scaling_table(recs))
+    out = "\n".join(report.scaling_table(recs))
     assert f"F = {intercept:.3f} s, c = {slope * 1e6:.2f} µs" in out
     # 13.3 µs/record at 100k, 21.4 at 2M: the e2e cost grows, and the report says so
     assert "(NOT met: it grows with the input)" in out
     assert "marginal µs/record within 15% of each other (NOT met" in out
-    assert bench.linear_fit([(100_000, 1.0), (100_000, 1.2)]) is None
+    assert report.linear_fit([(100_000, 1.0), (100_000, 1.2)]) is None
 
 
 def test_scaling_sets_beam_s_own_floor_against_the_fixed_cost_bound():
@@ -76,32 +76,31 @@ def test_scaling_sets_beam_s_own_floor_against_the_fixed_cost_bound():
     recs = [{"rows": n, "run_s": 0.8 + 6e-6 * n, "peak_rss_mb": 750.0}
             for n in (100_000, 500_000, 1_000_000)]
     floors = [{"map_s": m, "write_s": w} for m, w in ((0.08, 0.30), (0.09, 0.40), (0.12, 0.45))]
-    out = "\n".join(bench.scaling_table(recs, floors))
+    out = "\n".join(report.scaling_table(recs, floors))
     assert "F would have to be at most 0.102 s" in out
     assert ("(3 fresh processes, `benchmarks.beam_floor`, same runner): `Create | Map` 0.090 s, "
             "`Create | Map | WriteToText` 0.400 s (median)") in out
     # bound 0.15 * 6 µs / (1/100k - 1.15/1M) = 0.10169 s; the write floor's median 0.40 s
     assert "already costs 3.9x that bound" in out
     # a floor under the bound is reported without the comparison
-    low = "\n".join(bench.scaling_table(recs, [{"map_s": 0.01, "write_s": 0.05}]))
+    low = "\n".join(report.scaling_table(recs, [{"map_s": 0.01, "write_s": 0.05}]))
     assert "WriteToText` 0.050 s (median)." in low and "that bound" not in low
 
 
 def test_beam_floor_runs_both_smallest_jobs_in_a_fresh_process(tmp_path):
     """The real child: both jobs run on the FnApiRunner and the write job leaves its one
     element in one file (the child checks the file and fails otherwise)."""
-    from benchmarks.common import run_child
     r = run_child("benchmarks.beam_floor", [], str(tmp_path), "floor")
     assert r["kind"] == "beam_floor"
     assert r["map_s"] > 0 and r["write_s"] > 0 and r["beam_import_s"] > 0
-    line = "\n".join(bench.scaling_table(
+    line = "\n".join(report.scaling_table(
         [{"rows": n, "run_s": 0.5 + 6e-6 * n, "peak_rss_mb": 750.0} for n in (1_000, 2_000)],
         [r]))
-    assert f"`Create | Map | WriteToText` {bench.fmt(r['write_s'])} s (median)" in line
+    assert f"`Create | Map | WriteToText` {fmt(r['write_s'])} s (median)" in line
 
 
 def _mp(rows, **runs):
-    labels = {"one": "1 process", "two": bench.MP_LABEL, "calls": "1 process, 2 calls",
+    labels = {"one": "1 process", "two": report.MP_LABEL, "calls": "1 process, 2 calls",
               "lean": "1 process, lean", "bad": "2 workers, worse"}
     return {"model": "heavy", "rows": rows,
             "variants": {labels[k]: {"run_s": v, "e2e_eps": rows / v} for k, v in runs.items()}}
@@ -117,12 +116,12 @@ def test_multiprocess_start_up_and_per_record_cost_are_taken_apart():
             recs.append(_mp(n, one=1.0 + 90e-6 * n + slow, two=5.0 + 80e-6 * n + slow,
                             calls=0.8 + 85e-6 * n, lean=0.5 + 100e-6 * n,
                             bad=3.0 + 95e-6 * n))
-    out = "\n".join(bench.multiprocess_table(recs))
+    out = "\n".join(report.multiprocess_table(recs))
     table = out.split("### Start-up and per-record cost apart")[1]
     cells = {c[0]: c[1:] for c in ([x.strip() for x in line.strip("|").split("|")]
                                    for line in table.splitlines() if line.startswith("| "))}
     assert cells["1 process"] == ["1.00", "90.0", "100%", "-", "-"]
-    assert cells[bench.MP_LABEL] == ["5.00", "80.0", "112%", "+4.00 s", "from 400,000 records"]
+    assert cells[report.MP_LABEL] == ["5.00", "80.0", "112%", "+4.00 s", "from 400,000 records"]
     assert cells["1 process, 2 calls"][-1] == "at every size"
     # 0.5 s less start-up, 10 µs more per record: ahead until 0.5 s / 10 µs = 50,000 records
     assert cells["1 process, lean"][-2:] == ["-0.50 s", "up to 50,000 records"]
@@ -134,19 +133,18 @@ def test_multiprocess_start_up_and_per_record_cost_are_taken_apart():
     assert "NOT met at 120,000 records (81%" in out and "met at 480,000 records (102%" in out
 
 
-def test_cli_child_runs_the_command_line_job_and_times_its_exit_apart(tmp_path, demo_model_base,
-                                                                      demo_data):
-    from benchmarks.common import fmt, run_child
+def test_cli_mode_runs_the_command_line_job_and_times_its_exit_apart(tmp_path, demo_model_base,
+                                                                     demo_data):
     from pipeline.run import read_summary
     out = str(tmp_path / "out")
-    r = run_child("benchmarks.cli_child",
-                  ["--", "--model", demo_model_base, "--input", demo_data["dir"] + "/*.csv",
+    r = run_child("benchmarks.pipeline_child",
+                  ["--cli", "--", "--model", demo_model_base, "--input", demo_data["dir"] + "/*.csv",
                    "--output", out], str(tmp_path / "logs"), "cli")
     assert r["exit_code"] == 0
     assert 0 < r["main_returned_s"] < r["process_wall_s"]
     assert read_summary(out)["predicted"] == len(demo_data["rows"]) == 1500
     startup = {"first_pred_s": 3.0, "tf_import_s": 2.0, "startup_s": 1.0, "cli": r}
-    table = "\n".join(bench.startup_table([startup]))
+    table = "\n".join(report.startup_table([startup]))
     assert "spawn → exit" in table
     exit_row = next(line for line in table.splitlines() if "interpreter exit" in line)
     assert f"| {fmt(r['process_wall_s'] - r['main_returned_s'])} s" in exit_row
@@ -175,9 +173,16 @@ def test_one_command_runs_tf_alone_the_pipeline_and_the_peer_on_the_same_records
         assert rec["pipeline"]["jsonl"]["records"] == rows, rec["format"]
         assert rec["pipeline"]["jsonl"]["errors"] == 0
         assert rec["peer"]["jsonl"]["records"] == rows, rec["format"]
-    report = (work / "report.md").read_text()
-    assert report.strip() in proc.stdout  # what is printed is what is kept
-    throughput = report.split("## Throughput")[1].split("### CPU cost")[0]
+    text = (work / "report.md").read_text()
+    assert text.strip() in proc.stdout  # what is printed is what is kept
+    again = subprocess.run([sys.executable, "-m", "benchmarks", "--from_results",
+                            str(work / "results.json")], cwd=REPO, capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    # re-rendered from the raw numbers: the same report, bar the line with the total time
+    assert again.stdout.split("## Throughput")[1].strip() == \
+        text.split("## Throughput")[1].split("(total benchmark time")[0].strip()
+    throughput = text.split("## Throughput")[1].split("### CPU cost")[0]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in throughput.splitlines()
              if line.startswith("| small ")]
     assert sorted(c[:4] for c in cells) == [
