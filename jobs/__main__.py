@@ -7,8 +7,8 @@
     airflow-dag SPEC...               an Airflow DAG file for the specs (Airflow optional)
     metadata                          the flex template's metadata.json
 
-Dates may also be `today` or `yesterday` (in the schedule's time zone). Exit codes follow the
-pipeline's: 0 ok, 2 bad spec or option, 3 error budget exceeded, 1 failed.
+Dates may also be `today` or `yesterday` (in the schedule's time zone). Exit codes are the
+pipeline's (pipeline/run.py): 0 ok, 2 bad spec or option, 3 error budget exceeded, 1 failed.
 """
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ import json
 import os
 import sys
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from pipeline.run import EXIT_OK, EXIT_USAGE, configure_logging
+
+__all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,7 +60,6 @@ def _time_zone(spec) -> str:
 def _run(args, spec) -> int:
     from jobs.runner import backfill, format_outcomes, run_date
     from jobs.spec import parse_date
-    from pipeline.run import configure_logging
     configure_logging()
     if args.date:
         outcomes = [run_date(spec, parse_date(args.date, _time_zone(spec)))]

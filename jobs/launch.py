@@ -13,6 +13,8 @@ import logging
 
 from jobs.spec import JobSpec, SpecError, dataflow_job_name, pipeline_parameters, run_labels
 
+__all__ = ["launch_request", "make_client", "launch"]
+
 _LOG = logging.getLogger(__name__)
 
 # runner option -> FlexTemplateRuntimeEnvironment field
@@ -21,7 +23,7 @@ _ENVIRONMENT_FIELDS = {
     "machine_type": "machine_type", "max_num_workers": "max_workers",
     "num_workers": "num_workers", "service_account_email": "service_account_email",
     "network": "network", "subnetwork": "subnetwork", "zone": "worker_zone",
-    "worker_region": "worker_region", "kms_key": "kms_key_name",
+    "worker_region": "worker_region", "dataflow_kms_key": "kms_key_name",
     "disk_size_gb": "disk_size_gb", "sdk_container_image": "sdk_container_image",
 }
 _NOT_ENVIRONMENT = {"project", "region", "experiments", "job_name", "setup_file",

@@ -16,6 +16,10 @@ import logging
 from apache_beam.io.filesystems import FileSystems
 
 from jobs.spec import JobSpec, SpecError, pipeline_argv, render
+from pipeline.run import EXIT_FAILED, EXIT_OK, execute
+
+__all__ = ["RunOutcome", "read_manifest", "run_date", "date_range", "backfill",
+           "format_outcomes"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -29,7 +33,7 @@ class RunOutcome:
 
     @property
     def succeeded(self) -> bool:
-        return self.exit_code == 0
+        return self.exit_code == EXIT_OK
 
 
 def read_manifest(output_dir: str) -> dict | None:
@@ -42,7 +46,6 @@ def read_manifest(output_dir: str) -> dict | None:
 
 def run_date(spec: JobSpec, day: dt.date, extra_argv: list[str] | None = None) -> RunOutcome:
     """Run the job for one date; returns the pipeline's exit code and the manifest."""
-    from pipeline.run import execute
     argv = pipeline_argv(spec, day) + list(extra_argv or [])
     output = render(spec.output, day).rstrip("/")
     _LOG.info("job %s, run date %s: output %s", spec.name, day, output)
@@ -51,7 +54,7 @@ def run_date(spec: JobSpec, day: dt.date, extra_argv: list[str] | None = None) -
     except Exception:  # the job failed while running (e.g. a Dataflow job failed): record it,
         # with its traceback, so the other dates of a backfill still run
         _LOG.exception("job %s, run date %s failed", spec.name, day)
-        return RunOutcome(day, 1, output, None)
+        return RunOutcome(day, EXIT_FAILED, output, None)
     # over its error budget after a good run, a rerun's outputs wait in its staging dir
     return RunOutcome(day, code, where or output, read_manifest(where) if where else None)
 

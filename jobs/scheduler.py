@@ -16,6 +16,8 @@ import shlex
 
 from jobs.spec import JobSpec, SpecError
 
+__all__ = ["SPEC_DIR_IN_IMAGE", "scheduler_definition", "format_definition"]
+
 SPEC_DIR_IN_IMAGE = "/template/jobs"  # where the Dockerfile copies jobs/ (WORKDIR /template)
 
 

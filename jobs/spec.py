@@ -12,6 +12,7 @@ The spec is checked when loaded; every problem is reported in one message naming
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime as dt
 import json
@@ -19,14 +20,24 @@ import re
 import zoneinfo
 
 import yaml
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.options import BatchPredictOptions, DEFAULT_BATCH_SIZE, DEFAULT_MAX_ERROR_RATE
+from pipeline.dataflow import DATAFLOW_RUNNER, check_dataflow_options
+from pipeline.options import (DEFAULT_BATCH_SIZE, DEFAULT_MAX_ERROR_RATE, BatchPredictOptions,
+                              check_argv)
+from pipeline.run import LOCAL_RUNNERS
+from transforms.errors import OptionsError
+
+__all__ = ["LOCAL", "RUNNERS", "TOP_KEYS", "SpecError", "Schedule", "FlexTemplate", "JobSpec",
+           "render", "parse_date", "pipeline_option_actions", "pipeline_option_names",
+           "from_dict", "load_spec", "pipeline_parameters", "run_labels", "pipeline_argv",
+           "dataflow_job_name"]
 
 _DATE_TOKEN = re.compile(r"\{date(?P<offset>[+-]\d+d)?(?::(?P<format>[^{}]+))?\}")
 _ANY_DATE_TOKEN = re.compile(r"\{date[^{}]*\}")
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
-LOCAL_RUNNERS = ("local", "FnApiRunner", "DirectRunner")
-RUNNERS = LOCAL_RUNNERS + ("DataflowRunner",)
+LOCAL = "local"  # a spec's name for this machine's runner: no --runner at all
+RUNNERS = (LOCAL,) + tuple(r for r in LOCAL_RUNNERS if r) + (DATAFLOW_RUNNER,)
 TOP_KEYS = {"name", "description", "model", "input", "output", "batch_size", "error_budget",
             "options", "runner", "schedule", "flex_template"}
 # set by the spec's own keys, or by the job runner: not allowed under `options`
@@ -58,7 +69,7 @@ class JobSpec:
     batch_size: int | str = DEFAULT_BATCH_SIZE
     error_budget: float = DEFAULT_MAX_ERROR_RATE
     options: dict = dataclasses.field(default_factory=dict)
-    runner: str = "local"
+    runner: str = LOCAL
     runner_options: dict = dataclasses.field(default_factory=dict)
     schedule: Schedule | None = None
     flex_template: FlexTemplate | None = None
@@ -67,7 +78,7 @@ class JobSpec:
 
     @property
     def is_dataflow(self) -> bool:
-        return self.runner == "DataflowRunner"
+        return self.runner == DATAFLOW_RUNNER
 
     def runner_option(self, key: str, default=None):
         return self.runner_options.get(key, default)
@@ -101,12 +112,17 @@ def parse_date(text: str, time_zone: str = "UTC") -> dt.date:
         raise SpecError(f"date {text!r} is not YYYY-MM-DD (or today/yesterday)") from None
 
 
-def pipeline_option_names() -> set[str]:
-    """The dests of the pipeline's own options (pipeline/options.py)."""
-    from apache_beam.options.pipeline_options import _BeamArgumentParser
-    parser = _BeamArgumentParser(allow_abbrev=False)
+def pipeline_option_actions() -> list[argparse.Action]:
+    """The pipeline's own options (pipeline/options.py, not Beam's), in their order: what a
+    spec's `options` may set, and the flex template's parameters."""
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
     BatchPredictOptions._add_argparse_args(parser)
-    return {a.dest for a in parser._actions if a.dest != "help"}
+    return list(parser._actions)
+
+
+def pipeline_option_names() -> set[str]:
+    """The dests of the pipeline's own options."""
+    return {a.dest for a in pipeline_option_actions()}
 
 
 def _require(doc: dict, key: str, kind, where: str = ""):
@@ -151,22 +167,15 @@ def from_dict(doc: dict, source: str | None = None) -> JobSpec:
     if managed:
         raise SpecError(f"options: {', '.join(managed)} are set by the spec's own keys "
                         "(model, input, output, batch_size, error_budget) or by the job runner")
-    runner_doc = doc.get("runner") or {"name": "local"}
+    runner_doc = doc.get("runner") or {"name": LOCAL}
     if isinstance(runner_doc, str):
         runner_doc = {"name": runner_doc}
-    runner = runner_doc.get("name", "local")
+    runner = runner_doc.get("name", LOCAL)
     if runner not in RUNNERS:
         raise SpecError(f"runner.name {runner!r} is not one of {', '.join(RUNNERS)}")
     runner_options = runner_doc.get("options") or {}
     if not isinstance(runner_options, dict):
         raise SpecError("runner.options must be a mapping of Beam options")
-    if runner == "DataflowRunner":
-        for key in ("project", "region", "temp_location"):
-            value = runner_options.get(key)
-            if not value:
-                raise SpecError(f"runner.options.{key} is required for DataflowRunner")
-        if not str(runner_options["temp_location"]).startswith("gs://"):
-            raise SpecError("runner.options.temp_location must be a gs:// path")
     schedule = None
     if doc.get("schedule") is not None:
         sched = doc["schedule"]
@@ -190,10 +199,31 @@ def from_dict(doc: dict, source: str | None = None) -> JobSpec:
         if not spec_path.startswith("gs://"):
             raise SpecError("flex_template.spec must be the gs:// path of the template file")
         flex = FlexTemplate(spec_path, ft.get("image"))
-    return JobSpec(name=name, model=doc["model"], input=doc["input"], output=doc["output"],
+    spec = JobSpec(name=name, model=doc["model"], input=doc["input"], output=doc["output"],
                    batch_size=batch_size, error_budget=float(budget), options=dict(options),
                    runner=runner, runner_options=dict(runner_options), schedule=schedule,
                    flex_template=flex, description=doc.get("description", ""), source=source)
+    _check_command_line(spec)
+    return spec
+
+
+def _check_command_line(spec: JobSpec) -> None:
+    """A run's command line as `python -m pipeline` checks it, so that a mistyped option
+    (`max_num_worker`) or a bad value in `options` or `runner.options` fails when the spec is
+    loaded, not on the first night it runs; on Dataflow, its project, region and gs:// temp
+    location too (pipeline/dataflow.py)."""
+    argv = pipeline_argv(spec, dt.date.today())
+    if "-h" in argv or "--help" in argv:
+        raise SpecError("options and runner.options may not hold -h or --help: the pipeline "
+                        "would print its help instead of running")
+    try:
+        check_argv(argv)
+        if spec.is_dataflow:
+            check_dataflow_options(PipelineOptions(argv))
+    except OptionsError as e:
+        named = re.search(r"--(\w+)", str(e))
+        where = "options" if named and named[1] in spec.options else "runner.options"
+        raise SpecError(f"{where}: {e}") from None
 
 
 def load_spec(path: str) -> JobSpec:
@@ -244,7 +274,7 @@ def pipeline_argv(spec: JobSpec, run_date: dt.date) -> list[str]:
     argv = []
     for key, value in pipeline_parameters(spec, run_date).items():
         argv += _flag(key, value)
-    if spec.runner not in ("local",):
+    if spec.runner != LOCAL:
         argv += ["--runner", spec.runner]
     for key, value in spec.runner_options.items():
         argv += _flag(key, render(value, run_date) if isinstance(value, str) else value)

@@ -10,18 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.options import BatchPredictOptions
+from jobs.spec import pipeline_option_actions
+
+__all__ = ["TEMPLATE_NAME", "DESCRIPTION", "flex_template_metadata", "render_metadata"]
 
 TEMPLATE_NAME = "batch-predict"
 DESCRIPTION = ("Batch prediction with a TensorFlow SavedModel: TFRecord/CSV in, predictions, "
                "error rows, metrics, manifest.json and _SUCCESS out")
-
-
-def _parser() -> argparse.ArgumentParser:
-    from apache_beam.options.pipeline_options import _BeamArgumentParser
-    parser = _BeamArgumentParser(allow_abbrev=False)
-    BatchPredictOptions._add_argparse_args(parser)
-    return parser
 
 
 def _label(dest: str) -> str:
@@ -39,9 +34,7 @@ def _help(action: argparse.Action) -> str:
 
 def flex_template_metadata() -> dict:
     parameters = []
-    for action in _parser()._actions:
-        if action.dest == "help":
-            continue
+    for action in pipeline_option_actions():
         param = {"name": action.dest, "label": _label(action.dest), "helpText": _help(action),
                  "isOptional": not action.required}
         if isinstance(action, argparse._StoreTrueAction):

@@ -16,6 +16,9 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 
 from transforms.errors import OptionsError
 
+__all__ = ["DATAFLOW_RUNNER", "is_dataflow", "repo_setup_file", "builds_job_only",
+           "check_dataflow_options", "prepare_dataflow_options"]
+
 DATAFLOW_RUNNER = "DataflowRunner"
 
 
@@ -37,10 +40,9 @@ def builds_job_only(options: PipelineOptions) -> bool:
                 or options.view_as(TestOptions).dry_run)
 
 
-def prepare_dataflow_options(options: PipelineOptions) -> None:
-    """Fail fast on missing Dataflow flags; default --setup_file. No-op for other runners."""
-    if not is_dataflow(options):
-        return
+def check_dataflow_options(options: PipelineOptions) -> None:
+    """Refuse a Dataflow job without a project, region or gs:// temp location (raises
+    OptionsError naming the flag). Job specs are checked with it when they are loaded."""
     gcp = options.view_as(GoogleCloudOptions)
     missing = [flag for flag, value in (("--project", gcp.project), ("--region", gcp.region),
                                         ("--temp_location", gcp.temp_location)) if not value]
@@ -52,6 +54,13 @@ def prepare_dataflow_options(options: PipelineOptions) -> None:
                         ("--staging_location", gcp.staging_location)):
         if value and not value.startswith("gs://"):
             raise OptionsError(f"{flag} {value} must be a gs:// path for DataflowRunner")
+
+
+def prepare_dataflow_options(options: PipelineOptions) -> None:
+    """Fail fast on missing Dataflow flags; default --setup_file. No-op for other runners."""
+    if not is_dataflow(options):
+        return
+    check_dataflow_options(options)
     setup = options.view_as(SetupOptions)
     image = options.view_as(WorkerOptions).sdk_container_image
     if setup.setup_file:

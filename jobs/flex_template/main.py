@@ -8,12 +8,12 @@ import argparse
 import sys
 
 
+__all__ = ["normalize_flags"]
+
+
 def normalize_flags(argv: list[str]) -> list[str]:
-    from apache_beam.options.pipeline_options import _BeamArgumentParser
-    from pipeline.options import BatchPredictOptions
-    parser = _BeamArgumentParser(allow_abbrev=False)
-    BatchPredictOptions._add_argparse_args(parser)
-    flags = {opt for a in parser._actions if isinstance(a, argparse._StoreTrueAction)
+    from jobs.spec import pipeline_option_actions
+    flags = {opt for a in pipeline_option_actions() if isinstance(a, argparse._StoreTrueAction)
              for opt in a.option_strings}
     out = []
     for arg in argv:
