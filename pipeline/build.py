@@ -115,10 +115,9 @@ def _local_worker_processes(opts: BatchPredictOptions) -> bool:
 
 def _hint_local_workers(opts: BatchPredictOptions) -> None:
     """Local worker processes each import TensorFlow and load the model; on a machine with no
-    more cores than workers they compete with one process that already keeps every core busy.
-    2 cores, heavy model (benchmarks/RESULTS.md, sixth session): the workers add ~4 s of
-    start-up (run() of a 100-record job 4.8 s instead of 0.74 s) and score each record 1-13%
-    faster, so 2 workers ran at 71-84% of one process at 120k records and 93-100% at 480k."""
+    more cores than workers they compete with one process that already keeps every core busy,
+    so they cost seconds of start-up per job and catch up only on large inputs (measured in
+    benchmarks/RESULTS.md, "Multi-process")."""
     if not _local_worker_processes(opts):
         return
     workers = opts.view_as(DirectOptions).direct_num_workers

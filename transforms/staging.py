@@ -62,7 +62,8 @@ _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 def check_relative_name(relative: str, uri: str) -> None:
-    """Refuse object names that would land outside the staging dir (issue 5)."""
+    """Refuse object names that would land outside the staging dir: absolute, `..` or `.`
+    segments, backslashes, drive letters, NUL (a hostile or broken bucket listing)."""
     parts = relative.split("/")
     if (not relative or "\\" in relative or relative.startswith("/")
             or _WINDOWS_DRIVE.match(relative) or any(p in ("..", ".") for p in parts)
