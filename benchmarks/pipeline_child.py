@@ -32,8 +32,10 @@ __all__ = ["main"]
 
 
 def _cli(pargs: list[str], spawned: float) -> dict:
+    import sys
     import pipeline.__main__ as cli
-    code = cli.main(pargs)
+    sys.argv = ["pipeline"] + pargs  # as the command line sees it (any measured commit)
+    code = cli.main()
     return {"kind": "cli", "argv": pargs, "exit_code": code,
             "main_returned_s": round(time.time() - spawned, 3)}
 
