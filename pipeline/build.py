@@ -21,16 +21,17 @@ from apache_beam.utils import shared
 from pipeline.options import DEFAULT_BATCH_SIZE, BatchPredictOptions
 from transforms import metrics as m
 from transforms.feature_spec import FeatureSpec
-from transforms.model import configure_threads, open_model
 from transforms.parse import ParseWithSpecDoFn, check_csv_header
-from transforms.predict import ModelConfig, ModelHolder, PredictDoFn, shared_tag
+from transforms.predict import PredictDoFn
 from transforms.read import (DEFAULT_MAX_RECORD_BYTES, ReadRecordBatches,
                              infer_format, match_inputs)
 from transforms.records import Batch
+from transforms.savedmodel import ModelConfig, SavedModelHandler
 from transforms.staging import default_cache_dir
 from transforms.errors import InputError, OutputError
 from transforms.output_dir import RUN_ID
 from transforms.sink import FileFamilySink, Sink
+from transforms.worker import ModelHolder
 from transforms.write import (FinalizeDoFn, WriteJsonLines, WriteMetricsDoFn, WritePredictions,
                               build_reports, prediction_header)
 
@@ -150,11 +151,16 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
     # TensorFlow's own pools unless told otherwise: splitting the cores between local worker
     # processes or concurrent calls (1 intra-op thread each on 2 cores) measured 1.35-1.45x on
     # an AMD EPYC host and 0.65-0.75x on an Intel Xeon one (benchmarks/RESULTS.md, 2026-12-01).
-    # Set before the first model load: an in-process runner scores with this process's runtime.
-    configure_threads(opts.tf_intra_op_threads, opts.tf_inter_op_threads)
-    model = open_model(opts.model, opts.signature, given, opts.model_cache_dir, warm_up=True)
+    # Set before the first model load (the handler's load does): an in-process runner scores
+    # with this process's runtime.
+    asked = SavedModelHandler(ModelConfig(
+        path=opts.model, signature=opts.signature, spec=given, cache_dir=opts.model_cache_dir,
+        intra_op_threads=opts.tf_intra_op_threads, inter_op_threads=opts.tf_inter_op_threads))
+    loaded = asked.load()
+    asked.warm_up(loaded)
+    model = asked.describe(loaded)
     _LOG.info("plan: model %s, signature %s (%s), spec from %s: %d features",
-              model.version.path, opts.signature, model.info.convention, model.spec_source,
+              model.path, opts.signature, model.convention, model.spec_source,
               len(model.spec))
     max_record_bytes = opts.max_record_bytes
     if input_format == "csv":  # the first file's header against the spec and key
@@ -171,7 +177,7 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
         uuid.uuid4().hex[:8]
     _hint_local_workers(opts)
     config = ModelConfig(
-        path=model.version.path, signature=opts.signature, spec=model.spec,
+        path=model.path, signature=opts.signature, spec=model.spec,
         key_field=opts.key_field, key_dtype=key_dtype,
         keys_from_examples=opts.key_field is not None and input_format == "tfrecord",
         cache_dir=opts.model_cache_dir or default_cache_dir(),
@@ -180,9 +186,9 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
         fast_worker_exit=_local_worker_processes(opts), launcher_pid=os.getpid())
     run_info = {
         "run_id": run_id, "start_time": start,
-        "model": opts.model, "model_path": model.version.path,
-        "model_version": model.version.version, "signature": opts.signature,
-        "signature_convention": model.info.convention,
+        "model": opts.model, "model_path": model.path,
+        "model_version": model.version, "signature": opts.signature,
+        "signature_convention": model.convention,
         "feature_spec_source": model.spec_source, "feature_spec": model.spec.to_json(),
         "input_format": input_format, "input_files": len(files),
         "input_bytes": sum(s for _, s in files), "batch_size": opts.batch_size,
@@ -190,7 +196,8 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
     }
     auto_batch = opts.batch_size == "auto"
     shared_model = shared.Shared()
-    holder = shared_model.acquire(lambda: ModelHolder(model), tag=shared_tag(config))
+    holder = shared_model.acquire(lambda: ModelHolder(loaded),
+                                  tag=SavedModelHandler(config).shared_tag())
     held = None
     if claim:
         held = sink.claim(run_id)
@@ -200,7 +207,7 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
             held.release()
             raise
     return JobPlan(files=files, input_format=input_format, model=config,
-                   output_names=model.output_names, sink=sink, output_dir=sink.location,
+                   output_names=list(model.output_names), sink=sink, output_dir=sink.location,
                    staging_dir=sink.staging_location(run_id), claim=held,
                    output_format=opts.output_format,
                    batch_size=DEFAULT_BATCH_SIZE if auto_batch else opts.batch_size,
@@ -222,13 +229,16 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
     parsed = read.batches | "ParseWithSpec" >> beam.ParDo(
         ParseWithSpecDoFn(plan.model.spec, plan.model.key_field, plan.list_separator)
     ).with_output_types(Batch).with_outputs("errors", main="records")
-    predict_kwargs = {"shared_handle": plan.shared_model}
+    predict_kwargs = {"shared_handle": plan.shared_model,
+                      "concurrent_calls": plan.model.concurrent_calls}
+    if plan.model.fast_worker_exit:
+        predict_kwargs["launcher_pid"] = plan.model.launcher_pid
     if plan.auto_batch:
         predict_kwargs["auto_batch"] = True
     if clock is not None:
         predict_kwargs["clock"] = clock
     scored = parsed.records | "Predict" >> beam.ParDo(
-        predict_dofn(plan.model, plan.batch_size, **predict_kwargs)
+        predict_dofn(SavedModelHandler(plan.model), plan.batch_size, **predict_kwargs)
     ).with_output_types(Batch).with_outputs("errors", "latency", "model_loads", main="predictions")
 
     written = []

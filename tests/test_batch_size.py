@@ -8,7 +8,7 @@ from pipeline import demo
 from pipeline.options import BatchPredictOptions
 from pipeline.run import read_summary, run
 from tests.helpers import assert_close, by_key, expected_outputs, predictions
-from transforms.predict import BatchSizeTuner
+from transforms.batch_size import BatchSizeTuner
 
 
 def _drive(tuner, seconds_for, calls=200):

@@ -13,8 +13,9 @@ from pipeline.build import plan_job
 from pipeline.options import BatchPredictOptions
 from pipeline.run import read_summary, run
 from tests.helpers import assert_close, expected_outputs, predictions
-from transforms import predict
+from transforms import worker
 from transforms.predict import PredictDoFn
+from transforms.savedmodel import ModelConfig, SavedModelHandler
 
 
 class OverlapProbe(PredictDoFn):
@@ -47,7 +48,7 @@ class HeapProbe(PredictDoFn):
     def setup(self):
         import gc
         super().setup()
-        HeapProbe.seen["frozen"] = predict._heap_frozen and gc.get_freeze_count()
+        HeapProbe.seen["frozen"] = worker.heap_frozen() and gc.get_freeze_count()
         HeapProbe.seen["model_tracked"] = any(o is self._holder for o in gc.get_objects())
 
 
@@ -134,16 +135,15 @@ def test_teardown_registers_the_quick_exit_only_in_worker_processes(monkeypatch,
     import atexit
     registered = []
     monkeypatch.setattr(atexit, "register", registered.append)
-    config = predict.ModelConfig(path="m", signature="serving_default", spec=None,
-                                 fast_worker_exit=fast, launcher_pid=launcher_pid)
-    PredictDoFn(config, 10).teardown()
-    assert registered == ([predict.exit_now] if registers else [])
+    handler = SavedModelHandler(ModelConfig(path="m", signature="serving_default", spec=None))
+    PredictDoFn(handler, 10, launcher_pid=launcher_pid if fast else None).teardown()
+    assert registered == ([worker.exit_now] if registers else [])
 
 
 @pytest.mark.parametrize("tail, code", [("", 0), ("raise KeyError('boom')", 1)])
 def test_quick_exit_flushes_and_keeps_the_exit_code(tail, code):
     script = ("import atexit, logging, sys\n"
-              "from transforms.predict import exit_now\n"
+              "from transforms.worker import exit_now\n"
               "logging.basicConfig(stream=sys.stderr)\n"
               "atexit.register(lambda: print('finalized', flush=True))\n"
               "atexit.register(exit_now)\n"
@@ -161,7 +161,7 @@ def test_quick_exit_flushes_and_keeps_the_exit_code(tail, code):
 def unfrozen_heap(monkeypatch):
     """This process as if no job had frozen its heap yet; gc left as it was found."""
     import gc
-    monkeypatch.setattr(predict, "_heap_frozen", False)
+    monkeypatch.setattr(worker, "_heap_frozen", False)
     was_enabled = gc.isenabled()
     gc.unfreeze()
     yield gc
@@ -175,14 +175,14 @@ def test_loading_phase_pauses_the_collector_then_freezes_what_it_made_once(unfro
     gc = unfrozen_heap
     (gc.enable if enabled else gc.disable)()
     assert gc.get_freeze_count() == 0
-    with predict.loading_phase():
+    with worker.loading_phase():
         assert not gc.isenabled()
         made = [[i] for i in range(5000)]  # lists: objects the cyclic collector tracks
     assert gc.isenabled() is enabled  # the caller's setting comes back
     assert gc.get_freeze_count() >= len(made)
     assert not any(o is made[0] for o in gc.get_objects())  # out of the collector's reach
     frozen = gc.get_freeze_count()
-    with predict.loading_phase():  # once per process: a second block changes nothing
+    with worker.loading_phase():  # once per process: a second block changes nothing
         assert gc.isenabled() is enabled
         later = [[i] for i in range(100)]
     assert gc.get_freeze_count() == frozen

@@ -101,17 +101,17 @@ def test_degenerate_sizes(n):
 @settings(max_examples=100, deadline=None)
 @given(columns())
 def test_key_parser_takes_each_records_first_key_value(data):
-    """PredictDoFn's key parser (TFRecord input, --key_field) against the protos themselves:
-    the first value of the key feature, or no key when it is absent or empty."""
-    from transforms.predict import ModelConfig, PredictDoFn
+    """The SavedModel handler's key reader (TFRecord input, --key_field) against the protos
+    themselves: the first value of the key feature, or no key when it is absent or empty."""
+    from transforms.savedmodel import ModelConfig, SavedModelHandler
     cols, n = data
     if not cols:
         return
     key = cols[0]
-    dofn = PredictDoFn(ModelConfig(path="unused", signature="serving_default", spec=None,
-                                   key_field=key.name, key_dtype=key.dtype,
-                                   keys_from_examples=True), batch_size=n)
-    keys, has_key = dofn._build_key_parser()(np.array(encode_examples(cols, n), dtype=object))
+    handler = SavedModelHandler(ModelConfig(path="unused", signature="serving_default",
+                                            spec=None, key_field=key.name, key_dtype=key.dtype,
+                                            keys_from_examples=True))
+    keys, has_key = handler.key_reader().read(np.array(encode_examples(cols, n), dtype=object))
     for i, example in enumerate(_reference(cols, n)):
         feature = example.features.feature.get(key.name)
         values = [] if feature is None else \

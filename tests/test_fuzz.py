@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from pipeline.demo import _dtypes
 from transforms.model import open_model
 from transforms.parse import ParseWithSpecDoFn
-from transforms.predict import ModelConfig, PredictDoFn, PredictionBatch
+from transforms.predict import PredictDoFn, PredictionBatch
 from transforms.read import ReadShardDoFn
+from transforms.savedmodel import ModelConfig, SavedModelHandler
 from transforms.errors import ERROR_TYPES
 
 FUZZ = settings(max_examples=40, deadline=None,
@@ -27,12 +28,13 @@ FUZZ = settings(max_examples=40, deadline=None,
 @pytest.fixture(scope="module")
 def dofns(demo_model_base):
     model = open_model(demo_model_base)
-    predict = PredictDoFn(ModelConfig(path=model.version.path, signature="serving_default",
-                                      spec=model.spec, key_field="id",
-                                      keys_from_examples=True), batch_size=16)
+    predict = PredictDoFn(SavedModelHandler(ModelConfig(
+        path=model.version.path, signature="serving_default", spec=model.spec, key_field="id",
+        keys_from_examples=True)), batch_size=16)
     predict.setup()
-    predict_csv = PredictDoFn(ModelConfig(path=model.version.path, signature="serving_default",
-                                          spec=model.spec, key_field="id"), batch_size=16)
+    predict_csv = PredictDoFn(SavedModelHandler(ModelConfig(
+        path=model.version.path, signature="serving_default", spec=model.spec,
+        key_field="id")), batch_size=16)
     predict_csv.setup()
     return {"spec": model.spec, "predict": predict, "predict_csv": predict_csv}
 

@@ -271,13 +271,14 @@ def test_predict_dofn_scores_in_chunks_of_at_most_batch_size(demo_model_base, de
     from pipeline.demo import _dtypes
     from transforms.examples import encode_rows
     from transforms.model import open_model
-    from transforms.predict import ModelConfig, PredictDoFn, PredictionBatch
+    from transforms.predict import PredictDoFn, PredictionBatch
     from transforms.records import RecordBatch
+    from transforms.savedmodel import ModelConfig, SavedModelHandler
 
     model = open_model(demo_model_base)
     config = ModelConfig(path=model.version.path, signature="serving_default",
                          spec=model.spec)
-    dofn = PredictDoFn(config, batch_size=64, clock=StepClock(10))
+    dofn = PredictDoFn(SavedModelHandler(config), batch_size=64, clock=StepClock(10))
     dofn.setup()
     dofn.start_bundle()
     serialized = encode_rows(demo_data["rows"][:230], _dtypes())

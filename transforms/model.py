@@ -1,9 +1,10 @@
 """Finding, staging, loading and calling a SavedModel.
 
 `open_model()` is what both the launcher (validation, fail fast) and every worker (in
-`PredictDoFn.setup`) call: resolve the version, stage it locally if it lives on GCS, load it
-with `tf.saved_model.load` (TF1 and TF2 exports alike; Keras 3's `load_model` cannot load plain
-SavedModels), choose the signature, settle the feature spec and run one warm-up call.
+`PredictDoFn.setup`) call, through `transforms.savedmodel.SavedModelHandler`: resolve the
+version, stage it locally if it lives on GCS, load it with `tf.saved_model.load` (TF1 and TF2
+exports alike; Keras 3's `load_model` cannot load plain SavedModels), choose the signature,
+settle the feature spec and run one warm-up call.
 """
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ from transforms.feature_spec import FeatureSpec
 from transforms.introspect import (SignatureInfo, feed_problems, signature_info,
                                    spec_from_inputs)
 
+__all__ = ["SAVED_MODEL_FILES", "ModelVersion", "resolve_version", "configure_threads",
+           "error_summary", "UnbatchedOutput", "LoadedModel", "stage_local", "RawModel",
+           "load_signature", "open_model", "settle_spec", "model_size_bytes"]
+
 _LOG = logging.getLogger(__name__)
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
-
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,11 +104,13 @@ def configure_threads(intra_op: int, inter_op: int) -> None:
 
 
 def error_summary(e: BaseException, limit: int = 500) -> str:
-    """The sentence that says what went wrong, from a TensorFlow error.
+    """The sentence that says what went wrong, from a TensorFlow error, on one line (an error
+    row's message, a start-up error).
 
     TF prefixes errors raised while running a graph built in this process with "Graph
     execution error:" and a "Detected at node ... (most recent call last):" traceback; the
-    reason comes after. Those lines, the `[[{{node ...}}]]` suffixes and blank lines are dropped.
+    reason comes after. Those lines, the `[[{{node ...}}]]` suffixes and blank lines are
+    dropped, and every run of whitespace becomes one space.
     """
     text = getattr(e, "message", None) or str(e) or type(e).__name__
     lines, in_trace = [], False
@@ -122,7 +127,11 @@ def error_summary(e: BaseException, limit: int = 500) -> str:
                 stripped.startswith("[["):
             continue
         lines.append(stripped)
-    return (" ".join(lines) or text.strip())[:limit]
+    return " ".join(" ".join(lines or [text]).split())[:limit]
+
+
+class UnbatchedOutput(ValueError):
+    """A signature output without one row per record: it cannot be split into rows."""
 
 
 class LoadedModel:
@@ -175,14 +184,21 @@ class LoadedModel:
         A failing call raises the same `tf.errors.OpError` class with the reason only: the
         parse step of a named-tensor signature runs in a tf.function built in this process,
         whose errors otherwise start with a long Python traceback, which would push the
-        reason out of a per-record error message (and out of its classification).
+        reason out of a per-record error message (and out of its classification). An output
+        without a leading batch dimension raises UnbatchedOutput.
         """
         import tensorflow as tf
         try:
             out = self._fn(tf.constant(serialized, dtype=tf.string))
         except tf.errors.OpError as e:
             raise _concise(e) from None
-        return {k: v.numpy() for k, v in out.items()}
+        outputs = {k: v.numpy() for k, v in out.items()}
+        n = len(serialized)
+        for name, value in outputs.items():
+            if value.ndim == 0 or value.shape[0] != n:
+                raise UnbatchedOutput(f"model output {name!r} has shape {value.shape} for a "
+                                      f"batch of {n}; outputs need a leading batch dimension")
+        return outputs
 
     @property
     def output_names(self) -> list[str]:
@@ -200,7 +216,9 @@ class LoadedModel:
                 row[f.name] = [fill]
         example = encode_rows([row], {f.name: f.dtype for f in self.spec.values()})
         try:
-            out = self.predict(example)
+            self.predict(example)
+        except UnbatchedOutput as e:
+            raise ModelError(str(e)) from None
         except Exception as e:  # any failure here is the model's: report it in one sentence
             reason = error_summary(e)
             hint = ""
@@ -210,10 +228,6 @@ class LoadedModel:
             raise ModelError(
                 f"the model loads but its first call fails on a synthetic example built from "
                 f"the feature spec (signature {self.signature!r}): {reason}{hint}") from None
-        for name, value in out.items():
-            if value.ndim == 0 or value.shape[0] != 1:
-                raise ModelError(f"output {name!r} is not batched (shape {value.shape} for "
-                                 "one example); every output needs a leading batch dimension")
 
 
 def stage_local(version: ModelVersion, cache_dir: str | None = None) -> tuple[str, float]:
@@ -298,7 +312,6 @@ def settle_spec(info: SignatureInfo, given: FeatureSpec | None) -> tuple[Feature
                          f"{'given' if given is not None else 'derived'} feature spec cannot "
                          f"feed: {'; '.join(problems)} (spec has: {', '.join(spec)})")
     return spec, "given" if given is not None else f"model ({info.name} input signature)"
-
 
 
 def model_size_bytes(local_dir: str) -> int:
