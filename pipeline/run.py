@@ -26,7 +26,7 @@ from pipeline.dataflow import builds_job_only, is_dataflow, prepare_dataflow_opt
 from pipeline.options import BatchPredictOptions
 from pipeline.provenance import run_provenance
 from transforms.errors import UserError
-from transforms.predict import loading_phase
+from transforms.worker import loading_phase
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_ERROR_BUDGET", "LOCAL_RUNNERS",
            "make_pipeline", "read_summary", "run", "format_summary", "WORKER_LOGGER",
