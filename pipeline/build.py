@@ -21,10 +21,11 @@ from apache_beam.utils import shared
 from pipeline.options import DEFAULT_BATCH_SIZE, BatchPredictOptions
 from transforms import metrics as m
 from transforms.feature_spec import FeatureSpec
-from transforms.parse import ParseWithSpecDoFn, check_csv_header
+from transforms.parse import ParseWithSpecDoFn
 from transforms.predict import PredictDoFn
-from transforms.read import (DEFAULT_MAX_RECORD_BYTES, ReadRecordBatches,
-                             infer_format, match_inputs)
+from transforms import formats
+from transforms.formats.base import DEFAULT_MAX_RECORD_BYTES, InputFormat
+from transforms.read import ReadRecordBatches, match_inputs
 from transforms.records import Batch
 from transforms.savedmodel import ModelConfig, SavedModelHandler
 from transforms.staging import default_cache_dir
@@ -33,7 +34,7 @@ from transforms.output_dir import RUN_ID
 from transforms.sink import FileFamilySink, Sink
 from transforms.worker import ModelHolder
 from transforms.write import (FinalizeDoFn, WriteJsonLines, WriteMetricsDoFn, WritePredictions,
-                              build_reports, prediction_header)
+                              build_reports)
 
 _LOG = logging.getLogger(__name__)
 
@@ -68,43 +69,14 @@ class JobPlan:
             self.claim.release()
 
 
-def _key_dtype(opts, spec: FeatureSpec, input_format: str, first_file: str) -> str:
+def _key_dtype(opts, spec: FeatureSpec, input_format: InputFormat, first_file: str) -> str:
     if opts.key_field is None:
         return "string"
     if opts.key_dtype != "auto":
         return opts.key_dtype
     if opts.key_field in spec:
         return spec[opts.key_field].dtype
-    if input_format == "csv":
-        return "string"
-    return peek_key_dtype(first_file, opts.key_field,
-                          opts.max_record_bytes)
-
-
-def peek_key_dtype(path: str, key: str,
-                   max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> str:
-    """The dtype of `key` in the first readable tf.Example of a TFRecord file."""
-    import tensorflow as tf
-    from transforms.read import iter_tfrecords, open_shard
-    stream, _ = open_shard(path)
-    try:
-        # one record is enough; a corrupt length is an error item, never a huge allocation
-        for item in iter_tfrecords(stream, chunk_bytes=64 << 10,
-                                   max_record_bytes=max_record_bytes):
-            if item[0] != "ok":
-                continue
-            try:
-                feature = tf.train.Example.FromString(item[2]).features.feature
-            except Exception:
-                continue
-            if key not in feature:
-                raise InputError(f"--key_field {key!r} is not a feature of the first record of "
-                                 f"{path} (it has: {', '.join(sorted(feature)) or 'nothing'})")
-            kind = feature[key].WhichOneof("kind")
-            return {"bytes_list": "string", "int64_list": "int64", "float_list": "float32"}[kind]
-    finally:
-        stream.close()
-    return "string"
+    return input_format.key_dtype(first_file, opts.key_field, opts.max_record_bytes)
 
 
 def _local_worker_processes(opts: BatchPredictOptions) -> bool:
@@ -142,7 +114,9 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
     if not patterns:
         raise InputError("--input is empty")
     files = match_inputs(patterns)
-    input_format = opts.input_format or infer_format([f for f, _ in files])
+    reader = (formats.input_format(opts.input_format) if opts.input_format
+              else formats.infer_input_format([f for f, _ in files]))
+    input_format = reader.name
     _LOG.info("plan: %d input files (%s), %.1f MB", len(files), input_format,
               sum(s for _, s in files) / 1e6)
     sink = FileFamilySink(opts.output)
@@ -163,9 +137,9 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
               model.path, opts.signature, model.convention, model.spec_source,
               len(model.spec))
     max_record_bytes = opts.max_record_bytes
-    if input_format == "csv":  # the first file's header against the spec and key
-        check_csv_header(files[0][0], model.spec, opts.key_field, max_record_bytes)
-    key_dtype = _key_dtype(opts, model.spec, input_format, files[0][0])
+    # the format's start-up check of the first file (CSV: its header against the spec and key)
+    reader.check_first_shard(files[0][0], model.spec, opts.key_field, max_record_bytes)
+    key_dtype = _key_dtype(opts, model.spec, reader, files[0][0])
     if opts.key_field is not None and opts.key_field in model.output_names:
         raise InputError(f"--key_field {opts.key_field!r} is also a model output name; "
                          "choose another key")
@@ -179,7 +153,7 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
     config = ModelConfig(
         path=model.path, signature=opts.signature, spec=model.spec,
         key_field=opts.key_field, key_dtype=key_dtype,
-        keys_from_examples=opts.key_field is not None and input_format == "tfrecord",
+        keys_from_examples=opts.key_field is not None and reader.keys_in_examples,
         cache_dir=opts.model_cache_dir or default_cache_dir(),
         intra_op_threads=opts.tf_intra_op_threads, inter_op_threads=opts.tf_inter_op_threads,
         concurrent_calls=opts.concurrent_model_calls,
@@ -268,5 +242,6 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
 
 def expected_files(plan: JobPlan) -> dict[str, tuple[str, bytes | None]]:
     """The file families every run has (an empty one when nothing was written to it)."""
-    header = prediction_header(plan.output_format, plan.model.key_field, plan.output_names)
-    return {"predictions": ("." + plan.output_format, header), "errors": (".jsonl", None)}
+    out = formats.output_format(plan.output_format)
+    return {"predictions": (out.suffix, out.header(plan.model.key_field, plan.output_names)),
+            "errors": (".jsonl", None)}

@@ -17,7 +17,11 @@ from typing import Sequence
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
 from transforms.errors import OptionsError
-from transforms.read import DEFAULT_MAX_RECORD_BYTES
+from transforms.formats import INPUT_FORMATS, OUTPUT_FORMATS
+from transforms.formats.base import DEFAULT_MAX_RECORD_BYTES
+
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_MAX_ERROR_RATE", "DEFAULT_MAX_RECORD_BYTES", "PROG",
+           "BatchPredictOptions", "all_options_parser", "check_argv", "print_help"]
 
 DEFAULT_BATCH_SIZE = 8192  # from `python -m benchmarks --only batch` (benchmarks/RESULTS.md)
 DEFAULT_MAX_ERROR_RATE = 0.01
@@ -114,10 +118,12 @@ class BatchPredictOptions(PipelineOptions):
             "--output", required=True,
             type=_text("the output dir, a local path or gs://bucket/path"),
             help="output dir for predictions-*, errors-*, metrics/ and _SUCCESS")
+        by_extension = "; ".join(f"{', '.join(f.extensions)} -> {f.name}"
+                                 for f in INPUT_FORMATS.values())
         parser.add_argument(
-            "--input_format", choices=["tfrecord", "csv"], default=None,
-            help="input format; inferred from the extension when omitted (.tfrecord, "
-                 ".tfrecord.gz, .gz -> tfrecord; .csv -> csv). gzip is detected from content")
+            "--input_format", choices=list(INPUT_FORMATS), default=None,
+            help=f"input format; inferred from the extension when omitted ({by_extension}). "
+                 "gzip is detected from content")
         parser.add_argument(
             "--feature_spec", default=None,
             type=_text("a feature spec JSON file, or leave the option out"),
@@ -142,7 +148,7 @@ class BatchPredictOptions(PipelineOptions):
                  f"{DEFAULT_BATCH_SIZE} and double (up to 32768) while the model's records/s "
                  "improves by a tenth or more, backing off on out-of-memory, per worker process")
         parser.add_argument(
-            "--output_format", choices=["jsonl", "csv"], default="jsonl",
+            "--output_format", choices=list(OUTPUT_FORMATS), default="jsonl",
             help="format of predictions-* files")
         parser.add_argument(
             "--csv_list_separator", default="|", type=_list_separator,
@@ -163,11 +169,9 @@ class BatchPredictOptions(PipelineOptions):
         parser.add_argument(
             "--concurrent_model_calls", type=_positive_int, default=1,
             help="model calls in flight at once per worker process, sharing its TensorFlow "
-                 "thread pools. 2 can help compute-bound models (several dense layers of 2048 "
-                 "on 2 cores: 1.02-1.11x end to end on an AMD EPYC host, 0.98-1.12x on an "
-                 "Intel Xeon one); whether it does depends on the CPU and the run, so "
-                 "measure. Light models, bound by reading and formatting, gain little or "
-                 "lose (about even on the AMD host, 0.91-0.98x on the Intel one)")
+                 "thread pools. 2 can help compute-bound models (several wide dense layers); "
+                 "whether it does depends on the CPU and the run, so measure before adopting "
+                 "it. Light models, bound by reading and formatting, gain little or lose")
         parser.add_argument(
             "--tf_intra_op_threads", type=_non_negative_int, default=0,
             help="TensorFlow intra-op threads per worker process (0 = TensorFlow's default, "

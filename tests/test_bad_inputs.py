@@ -366,7 +366,7 @@ def test_tfrecord_framing_matches_tensorflow():
     """Our CRC-checking reader reads what TensorFlow wrote, byte for byte."""
     import io
 
-    from transforms.read import iter_tfrecords
+    from transforms.formats.tfrecord_input import iter_tfrecords
     payloads = [b"", b"x", os.urandom(1000), os.urandom(70000)]
     blob = b"".join(_frame(p) for p in payloads)
     got = list(iter_tfrecords(io.BytesIO(blob)))

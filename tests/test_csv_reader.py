@@ -13,8 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transforms.feature_spec import FeatureSpec
-from transforms.parse import csv_to_examples
-from transforms.read import ReadShardDoFn, iter_csv, iter_csv_blocks
+from transforms.formats.base import DEFAULT_MAX_RECORD_BYTES
+from transforms.formats.csv_input import CsvInput
+from transforms.formats.csv_reader import iter_csv, iter_csv_blocks
+from transforms.parse import columns_to_examples
+from transforms.read import tally
 from transforms.records import CsvBatch
 
 SPEC = FeatureSpec.from_json({
@@ -79,7 +82,7 @@ def _outcome(batches, read_errors):
     for batch in batches:
         if not len(batch):
             continue
-        records, errors = csv_to_examples(batch, SPEC, "id")
+        records, errors = columns_to_examples(batch, SPEC, "id")
         for e in errors:
             out[e["index"]] = ("error", e["line"], e["error_type"], e["message"], e["payload"])
         if records is not None:
@@ -90,12 +93,14 @@ def _outcome(batches, read_errors):
 
 
 def _blocks(blob, block_bytes, batch_size=3, stream=None):
-    """The reader's own batching (ReadShardDoFn._read_csv) over iter_csv_blocks."""
-    dofn = ReadShardDoFn("csv", batch_size, ["id", *SPEC])
-    dofn._csv_block_bytes = block_bytes
+    """The reader's own batching (the CSV format's read_stream, counted as the reading step
+    counts) over iter_csv_blocks."""
+    reader = CsvInput(block_bytes=block_bytes)
     stats = {"records": 0, "read_errors": 0, "unreadable_tail": False}
     batches, errors = [], []
-    for item in dofn._read_csv("f.csv", stream or io.BytesIO(blob), stats):
+    items = reader.read_stream("f.csv", stream or io.BytesIO(blob), batch_size, ["id", *SPEC],
+                               DEFAULT_MAX_RECORD_BYTES)
+    for item in tally(items, stats):
         if isinstance(item, CsvBatch):
             batches.append(item)
         else:
@@ -195,12 +200,12 @@ def test_parse_dofn_converts_one_batch_ahead_and_keeps_the_order():
                            np.array([0], np.int64))
     inputs = batches[:3] + [tfrecord] + batches[3:]
 
-    expected = []  # csv_to_examples on each batch, synchronously, in input order
+    expected = []  # columns_to_examples on each batch, synchronously, in input order
     for b in inputs:
         if b is tfrecord:
             expected.append(("records", "t.tfrecord", [0]))
             continue
-        records, errors = csv_to_examples(b, SPEC, "id")
+        records, errors = columns_to_examples(b, SPEC, "id")
         expected += [("error", e["index"], e["error_type"]) for e in errors]
         if records is not None:
             expected.append(("records", records.shard, records.indices.tolist(),
@@ -233,7 +238,7 @@ def test_parse_dofn_converts_one_batch_ahead_and_keeps_the_order():
 
 
 def test_read_ahead_keeps_order_and_hands_over_the_readers_error():
-    from transforms.read import ReadAhead
+    from transforms.formats.base import ReadAhead
 
     def reader():
         yield from range(10)
@@ -253,7 +258,7 @@ def test_read_ahead_keeps_order_and_hands_over_the_readers_error():
 def test_read_ahead_close_stops_a_reader_that_is_not_done():
     import itertools
     import threading
-    from transforms.read import ReadAhead
+    from transforms.formats.base import ReadAhead
     produced = []
 
     def endless():

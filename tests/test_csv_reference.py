@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transforms.feature_spec import Feature, FeatureSpec
-from transforms.parse import csv_to_examples
+from transforms.parse import columns_to_examples
 from transforms.read import ReadShardDoFn
 from transforms.records import CsvBatch
 
@@ -86,7 +86,7 @@ def _read_and_parse(path: str):
             continue
         assert isinstance(out, CsvBatch)
         paths.add("arrow" if out.table is not None else "csv module")
-        records, errs = csv_to_examples(out, SPEC, "id")
+        records, errs = columns_to_examples(out, SPEC, "id")
         errors += errs
         if records is None:
             continue

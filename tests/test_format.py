@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.format import to_jsonl
+from transforms.formats.jsonl_output import to_jsonl
 from transforms.predict import PredictionBatch
 
 _key_values = st.one_of(

@@ -280,7 +280,7 @@ class _SmallReads(io.RawIOBase):
 def test_gzip_record_is_read_in_linear_time(tmp_path):
     """One 8 MiB record arriving in 64 KiB pieces: each piece is copied a bounded number of
     times (the old `buf = buf[pos:] + chunk` copied ~0.5 GB for this record)."""
-    from transforms.read import iter_tfrecords
+    from transforms.formats.tfrecord_input import iter_tfrecords
     record = bytes(8 * MIB)
     tail = _example({"id": "after"})
     blob = _frame(record) + _frame(tail)
@@ -299,7 +299,7 @@ def test_gzip_record_is_read_in_linear_time(tmp_path):
 def test_gzip_record_above_the_cap_keeps_memory_bounded(tmp_path):
     """30 MB of zeros as one record (30 KB of gzip) against a 1 MiB cap: skipped in chunks,
     never held, and the record after it is read."""
-    from transforms.read import iter_tfrecord_batches
+    from transforms.formats.tfrecord_input import iter_tfrecord_batches
     tail = _example({"id": "after"})
     path = tmp_path / "zeros.tfrecord.gz"
     path.write_bytes(gzip.compress(_frame(bytes(30_000_000)) + _frame(tail)))
@@ -347,7 +347,7 @@ def test_csv_line_above_the_cap_is_one_row_and_memory_stays_bounded(tmp_path):
 
 def test_csv_header_of_zeros_is_an_unreadable_file_not_a_header(tmp_path):
     """50 MB of NUL bytes in a .csv.gz: one unreadable_tail row, and reading stops early."""
-    from transforms.read import iter_csv_blocks
+    from transforms.formats.csv_reader import iter_csv_blocks
     path = tmp_path / "zeros.csv.gz"
     path.write_bytes(gzip.compress(bytes(50_000_000)))
     batches, errs, stats = _read_shard(str(path), "csv", cap=MIB)
@@ -370,7 +370,7 @@ def test_csv_header_of_zeros_is_an_unreadable_file_not_a_header(tmp_path):
     (b"\nid,n0,\xff\n", "UTF-8", 2),  # after a blank line: read by the csv module
 ])
 def test_csv_header_that_is_not_text(first_lines, why, at):
-    from transforms.read import iter_csv_blocks
+    from transforms.formats.csv_reader import iter_csv_blocks
     items = list(iter_csv_blocks(io.BytesIO(first_lines + b"r0,1.0,2.0\n")))
     [(kind, index, line, etype, message, _)] = items
     assert (kind, index, line, etype) == ("error", None, at, "unreadable_tail")
@@ -582,7 +582,8 @@ def _batch(outputs: dict):
 
 
 def test_non_finite_outputs_are_written_losslessly_and_alike():
-    from transforms.format import to_csv, to_jsonl
+    from transforms.formats.csv_output import to_csv
+    from transforms.formats.jsonl_output import to_jsonl
     outputs = {"score": np.array([np.nan, np.inf, -np.inf, 0.1], np.float32),
                "vec": np.array([[1, np.nan], [np.inf, 2.5], [0.1, 0.2], [1e-5, -0.0]],
                                np.float32),
@@ -662,15 +663,15 @@ def test_quoted_csv_cut_short_keeps_every_row_read_and_hands_rows_over_in_groups
     """A quoted file is read row by row by the csv module; its rows reach the bundle thread in
     lists (a queue handoff per row cost ten times the reading), and the rows read before a
     broken gzip tail are all there, then one unreadable_tail row."""
-    from transforms import read
+    from transforms.formats.base import ReadAhead
     handoffs = []
-    real_put = read.ReadAhead._put
+    real_put = ReadAhead._put
 
     def counting_put(self, entry):
         handoffs.append(entry)
         return real_put(self, entry)
 
-    monkeypatch.setattr(read.ReadAhead, "_put", counting_put)
+    monkeypatch.setattr(ReadAhead, "_put", counting_put)
     header = list(_dtypes())
     rows = demo_rows(20000, seed=60)
     text = io.StringIO()

@@ -360,7 +360,8 @@ def test_jsonl_and_csv_keep_every_dtype_exactly():
     import base64
     import io
 
-    from transforms.format import to_csv, to_jsonl
+    from transforms.formats.csv_output import to_csv
+    from transforms.formats.jsonl_output import to_jsonl
     from transforms.predict import PredictionBatch
     rng = np.random.default_rng(0)
     n = 6

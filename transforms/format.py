@@ -1,4 +1,5 @@
-"""Columnar formatting of prediction batches as JSON lines or CSV text.
+"""Columnar formatting of prediction batches: the row columns in order, and the JSON text of
+their values, which the output formats (`transforms.formats.jsonl_output`, `csv_output`) share.
 
 A batch becomes one text blob (many lines), built column by column: numeric columns are
 serialised in one `orjson` call each (float32 keeps its shortest float32 repr, int64 stays
@@ -19,17 +20,17 @@ non-finite values keep the one-call fast path.
 from __future__ import annotations
 
 import base64
-import io
-import itertools
-import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 
-from transforms.predict import PredictionBatch
+if TYPE_CHECKING:
+    from transforms.predict import PredictionBatch
+
+__all__ = ["decoded_list", "json_fragments", "row_columns"]
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
-_NEEDS_ESCAPE = re.compile(rb'[^\x20-\x7e]|["\\]')
 
 
 def _b64(value: bytes) -> dict:
@@ -53,7 +54,9 @@ def _decode(value):
     return value
 
 
-def _decoded_list(arr: np.ndarray):
+def decoded_list(arr: np.ndarray):
+    """An array's values as JSON-ready Python values (lists per row beyond rank 1): bytes as
+    str when valid UTF-8, else {"b64": ...}."""
     if arr.ndim == 1:
         try:
             if arr.dtype == object and len(arr) and isinstance(arr[0], bytes):
@@ -65,7 +68,7 @@ def _decoded_list(arr: np.ndarray):
             return [_decode(v) for v in arr]
         except (UnicodeError, AttributeError, TypeError):
             return [_decode(v) for v in arr]
-    return [_decoded_list(a) for a in arr]
+    return [decoded_list(a) for a in arr]
 
 
 def _non_finite_json(value) -> bytes:
@@ -94,7 +97,7 @@ def json_fragments(arr: np.ndarray) -> list[bytes]:
     if n == 0:
         return []
     if arr.dtype == object or arr.dtype.kind in "SU":
-        return list(map(orjson.dumps, _decoded_list(arr)))
+        return list(map(orjson.dumps, decoded_list(arr)))
     if arr.dtype == np.float16:
         arr = arr.astype(np.float32)
     arr = np.ascontiguousarray(arr)
@@ -123,93 +126,3 @@ def row_columns(batch: PredictionBatch, key_field: str | None) -> list[tuple[str
     else:
         cols = [("shard", batch.shards), ("index", batch.indices)]
     return cols + sorted(batch.outputs.items())
-
-
-def _plain_ascii(values: np.ndarray) -> list | None:
-    """The column's values as they are, when every one is bytes that JSON can quote verbatim
-    (printable ASCII without quote or backslash): ids, labels, country codes..."""
-    if values.dtype != object or values.ndim != 1 or not len(values):
-        return None
-    vals = values.tolist()
-    if all(type(v) is bytes for v in vals):
-        return None if _NEEDS_ESCAPE.search(b"".join(vals)) else vals
-    if all(type(v) is str for v in vals):  # e.g. CSV keys
-        joined = "\n".join(vals)
-        if joined.count("\n") != len(vals) - 1 or _NEEDS_ESCAPE.search(
-                joined.replace("\n", " ").encode("utf-8", "surrogatepass")):
-            return None
-        return joined.encode("ascii").split(b"\n")
-    return None
-
-
-def to_jsonl(batch: PredictionBatch, key_field: str | None) -> bytes:
-    """One JSON object per row, assembled column-wise: per column a stream of per-row fragments
-    and the constant text before it; rows are then one join over the zipped streams."""
-    streams, pending = [], b"{"
-    for name, values in row_columns(batch, key_field):
-        pending += orjson.dumps(name) + b":"
-        plain = _plain_ascii(values)
-        if plain is not None:  # the quotes go into the constant pieces
-            streams += [itertools.repeat(pending + b'"'), plain]
-            pending = b'",'
-        else:
-            streams += [itertools.repeat(pending), json_fragments(values)]
-            pending = b","
-    streams.append(itertools.repeat(pending[:-1] + b"}\n"))
-    return b"".join(itertools.chain.from_iterable(zip(*streams)))[:-1]
-
-
-def csv_header(key_field: str | None, output_names: list[str]) -> list[str]:
-    first = [key_field] if key_field is not None else ["shard", "index"]
-    return first + sorted(output_names)
-
-
-def to_csv(batch: PredictionBatch, key_field: str | None) -> bytes:
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    arrays, names, non_finite = [], [], {}
-    for name, values in row_columns(batch, key_field):
-        names.append(name)
-        if values.dtype != object and values.ndim == 1 and values.dtype.kind in "fiub":
-            if values.dtype == np.float16:  # written like JSON lines: as float32
-                values = values.astype(np.float32)
-            if values.dtype.kind == "f" and not np.isfinite(values).all():
-                non_finite[len(arrays)] = values
-            arrays.append(pa.array(values))
-        elif values.ndim == 1:
-            arrays.append(pa.array([v if isinstance(v, str) else orjson.dumps(v).decode()
-                                    for v in _decoded_list(values)], pa.string()))
-        else:
-            arrays.append(pa.array([f.decode() for f in json_fragments(values)], pa.string()))
-    if non_finite:
-        return _csv_rows(arrays, non_finite)
-    out = io.BytesIO()
-    pacsv.write_csv(pa.table(arrays, names=names), out,
-                    pacsv.WriteOptions(include_header=False, quoting_style="needed"))
-    return out.getvalue().rstrip(b"\n")
-
-
-def _csv_rows(arrays: list, non_finite: dict[int, np.ndarray]) -> bytes:
-    """The CSV text pyarrow's writer gives (quoting_style="needed": every string quoted, its
-    quotes doubled; numbers in pyarrow's own text, which its cast to string shares), with
-    NaN, Infinity and -Infinity where pyarrow would write nan, inf and -inf. Only for batches
-    holding such values."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    cells = []
-    for i, array in enumerate(arrays):
-        if pa.types.is_string(array.type):
-            cells.append(pc.binary_join_element_wise(
-                '"', pc.replace_substring(array, '"', '""'), '"', ""))
-            continue
-        text = pc.cast(array, pa.string())
-        if i in non_finite:
-            values = non_finite[i]
-            text = text.to_numpy(zero_copy_only=False)
-            text[np.isnan(values)] = "NaN"
-            text[np.isposinf(values)] = "Infinity"
-            text[np.isneginf(values)] = "-Infinity"
-            text = pa.array(text, pa.string())
-        cells.append(text)
-    rows = pc.binary_join_element_wise(*cells, ",")
-    return "\n".join(rows.to_pylist()).encode("utf-8")

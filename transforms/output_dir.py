@@ -37,6 +37,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import OutputError
+from transforms.formats import OUTPUT_FORMATS
 
 __all__ = ["OutputError", "OutputClaim", "SUCCESS", "MANIFEST", "LOCK", "RUN_ID",
            "normalize_output", "own_name", "scan", "check_output", "claim_output",
@@ -47,7 +48,7 @@ SUCCESS = "_SUCCESS"
 MANIFEST = "manifest.json"
 LOCK = ".batch-predict.lock"
 RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}")
-PREDICTION_SUFFIXES = ("jsonl", "csv")
+PREDICTION_SUFFIXES = tuple(f.suffix.lstrip(".") for f in OUTPUT_FORMATS.values())
 _SHARDED = r"-\d{5,}-of-\d{5,}"
 _OWN_FILE = re.compile(
     rf"predictions{_SHARDED}\.(?:{'|'.join(PREDICTION_SUFFIXES)})|errors{_SHARDED}\.jsonl"

@@ -1,9 +1,14 @@
-"""Parsing with the feature spec: CSV rows -> the serialized tf.Examples the model would parse.
+"""Parsing with the feature spec: column batches -> the serialized tf.Examples the model would
+parse.
 
-TFRecord batches pass through untouched (a parsing signature gets the bytes as they are; a raw
-signature parses them inside the model call with the same spec). CSV batches are converted
-column by column with the spec's dtypes, then serialized with `transforms.examples`, so that a
-CSV row and the equivalent tf.Example reach the model identically:
+Batches of serialized tf.Examples (TFRecord) pass through untouched (a parsing signature gets
+the bytes as they are; a raw signature parses them inside the model call with the same spec).
+Column batches (`transforms.records.ColumnBatch`) are converted column by column with the
+spec's dtypes, then serialized with `transforms.examples`, so that a row and the equivalent
+tf.Example reach the model identically. A column converts by its Arrow type: string columns
+(CSV's cells, a typed source's strings) and the csv module's rows are text and follow the text
+rules below; numeric, binary and list columns (Parquet's, BigQuery's) convert directly, with no
+text in between (`transforms.examples.typed_feature_column`). The text rules:
 
 - an empty cell is an absent feature: the spec's default applies for fixed features with a
   default, a required feature becomes a `missing_feature` error row, a variable-length feature
@@ -24,35 +29,36 @@ CSV row and the equivalent tf.Example reach the model identically:
 - columns not in the spec are ignored (except the key column); an empty key cell is a
   `missing_key` row, like a tf.Example without the key.
 
-The header rule (`header_problem`) names the columns the job reads: the spec's features and
-the key column. A header is unusable when
+The header rule (`header_problem`) applies to a batch whose source has a header line (CSV),
+and names the columns the job reads: the spec's features and the key column. A header is
+unusable when
 - a column the job reads appears more than once (which one holds the values is unclear);
 - a feature (or the key) is absent but a column matches it in another letter case (`AGE` for
   `age`): the message names both spellings;
 - it holds none of the spec's features (often: a file without a header line);
 - a required feature (fixed, no default) is not a column.
-The first CSV input is checked at start-up (`check_csv_header`: InputError, exit 2); in any
-other file, every data row becomes a `csv_format` error row naming the problem, so that the
-counts stay exact. A key column that is simply absent is not a header problem: each row is a
-`missing_key` row.
+The first CSV input is checked at start-up (the CSV format's `check_first_shard`: InputError,
+exit 2); in any other file, every data row becomes a `csv_format` error row naming the problem,
+so that the counts stay exact. A key column that is simply absent is not a header problem: each
+row is a `missing_key` row.
 """
 from __future__ import annotations
 
 import decimal
 import math
 import re
-import zlib
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.examples import FeatureColumn, encode_examples
+from transforms.examples import FeatureColumn, encode_examples, typed_feature_column
 from transforms.feature_spec import Feature, FeatureSpec
-from transforms.records import CsvBatch, RecordBatch, error_row, in_global_window
 from transforms.metrics import JobCounters
-from transforms.read import DEFAULT_MAX_RECORD_BYTES
+from transforms.records import ColumnBatch, RecordBatch, error_row, in_global_window
+
+__all__ = ["convert_column", "header_problem", "columns_to_examples", "ParseWithSpecDoFn"]
 
 _NP = {"float32": np.float32, "int64": np.int64}
 
@@ -146,11 +152,25 @@ def _convert_cell(cell: str, feature: Feature, sep: str) -> list:
     return values
 
 
+def _text_type(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
 def convert_column(cells, feature: Feature, sep: str = "|"
                    ) -> tuple[FeatureColumn, dict[int, _CellError]]:
-    """Convert one CSV column (a list of str, or a pyarrow string array); returns the column
-    and {row: error} for cells that fail."""
+    """Convert one column: a list of str (the csv module's cells) or a pyarrow array; returns
+    the column and {row: error} for cells that fail. Text (str, string arrays) follows the
+    text rules; other Arrow types convert directly (`typed_feature_column`)."""
     if isinstance(cells, pa.Array):
+        if pa.types.is_dictionary(cells.type) and _text_type(cells.type.value_type):
+            cells = cells.dictionary_decode()
+        if not _text_type(cells.type):
+            column, problems = typed_feature_column(cells, feature)
+            return column, {i: _CellError(*problem) for i, problem in problems.items()}
+        if pa.types.is_large_string(cells.type):
+            cells = cells.cast(pa.string())
+        if cells.null_count:  # a typed source's null string is an empty cell
+            cells = cells.fill_null("")
         text = cells
         cells = _LazyCells(text)
     else:
@@ -234,8 +254,8 @@ def _names(names, limit: int = 8) -> str:
 
 def header_problem(header: list[str], spec: FeatureSpec, key_field: str | None) -> str | None:
     """What makes a CSV header unusable with this spec and key, or None. The one rule for the
-    start-up check of the first file (`check_csv_header`) and for every file's rows
-    (`csv_to_examples`); see the module docstring."""
+    start-up check of the first file (the CSV format's `check_first_shard`) and for every
+    file's rows (`columns_to_examples`); see the module docstring."""
     read = list(spec) + ([key_field] if key_field is not None and key_field not in spec
                          else [])
     counts: dict[str, int] = {}
@@ -269,37 +289,36 @@ def header_problem(header: list[str], spec: FeatureSpec, key_field: str | None) 
     return "; ".join(problems) or None
 
 
-def check_csv_header(path: str, spec: FeatureSpec, key_field: str | None,
-                     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
-    """Start-up check of one CSV file's header (the job's first input): raises InputError
-    when it is unreadable or when `header_problem` finds fault with it."""
-    from transforms.errors import InputError
-    from transforms.read import NOT_READ, iter_csv_blocks, open_shard
-    stream, _ = open_shard(path)
-    try:
-        items = iter_csv_blocks(stream, [], block_bytes=64 << 10,
-                                max_record_bytes=max_record_bytes)
-        first = next(items, None)
-        items.close()
-    except (OSError, EOFError, zlib.error) as e:
-        raise InputError(f"cannot read the CSV header of {path}: {e}") from None
-    finally:
-        stream.close()
-    if first is None or first[0] == "ok":
-        return
-    if first[0] == "error":
-        raise InputError(f"{path}: {first[4].removesuffix(NOT_READ)}")
-    if first[0] == "header":
-        problem = header_problem(first[1], spec, key_field)
-        if problem is not None:
-            raise InputError(f"the CSV header of {path} does not fit the model: {problem}")
+def _key_values(cells, key_field: str) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
+    """The key column's values, and the rows without a key: an empty cell (text) or a null
+    (typed: numbers or bytes), like a tf.Example without the key."""
+    if not isinstance(cells, pa.Array):  # the csv module's cells
+        keys = np.array(cells + [None], dtype=object)[:-1]
+        empty = keys == ""
+    else:
+        if pa.types.is_dictionary(cells.type):
+            cells = cells.dictionary_decode()
+        if _text_type(cells.type):
+            cells = cells.fill_null("") if cells.null_count else cells
+            keys = cells.to_numpy(zero_copy_only=False)
+            empty = pc.equal(cells, "").to_numpy(zero_copy_only=False)
+        else:
+            empty = cells.is_null().to_numpy(zero_copy_only=False)
+            t = cells.type
+            if cells.null_count and (pa.types.is_integer(t) or pa.types.is_floating(t)):
+                cells = cells.fill_null(0)  # not NaN: the kept rows' keys stay integers
+            keys = cells.to_numpy(zero_copy_only=False)
+    return keys, {int(i): ("missing_key", f"key column {key_field!r} is empty")
+                  for i in np.flatnonzero(empty)}
 
 
-def csv_to_examples(batch: CsvBatch, spec: FeatureSpec, key_field: str | None,
-                    sep: str = "|") -> tuple[RecordBatch | None, list[dict]]:
-    """Convert a CSV batch; returns the good rows as a RecordBatch and error rows."""
+def columns_to_examples(batch: ColumnBatch, spec: FeatureSpec, key_field: str | None,
+                        sep: str = "|") -> tuple[RecordBatch | None, list[dict]]:
+    """Convert a column batch; returns the good rows as a RecordBatch and error rows."""
     n = len(batch)
-    problem = header_problem(batch.header, spec, key_field)
+    problem = (header_problem(batch.header, spec, key_field) if batch.header is not None
+               else None)
+    where = "the CSV header" if batch.header is not None else "the input's columns"
     if problem is not None:  # every row of the file, so that the counts stay exact
         return None, [error_row(batch.shard, batch.indices[i], "csv_format",
                                 f"CSV header: {problem}", batch.row_text(i),
@@ -311,7 +330,7 @@ def csv_to_examples(batch: CsvBatch, spec: FeatureSpec, key_field: str | None,
             if feature.required:
                 for i in range(n):
                     bad.setdefault(i, ("missing_feature", f"required column {feature.name!r} is "
-                                                          "not in the CSV header"))
+                                                          f"not in {where}"))
             continue
         column, errors = convert_column(batch.column(feature.name), feature, sep)
         if feature.required:
@@ -325,26 +344,22 @@ def csv_to_examples(batch: CsvBatch, spec: FeatureSpec, key_field: str | None,
     if key_field is not None:
         if not batch.has_column(key_field):
             for i in range(n):
-                bad.setdefault(i, ("missing_key", f"key column {key_field!r} is not in the "
-                                                  "CSV header"))
+                bad.setdefault(i, ("missing_key", f"key column {key_field!r} is not in "
+                                                  f"{where}"))
         else:
-            cells = batch.column(key_field)
-            if isinstance(cells, pa.Array):
-                keys = cells.to_numpy(zero_copy_only=False)
-                empty = pc.equal(cells, "").to_numpy(zero_copy_only=False)
-            else:
-                keys = np.array(cells + [None], dtype=object)[:-1]
-                empty = keys == ""
-            for i in np.flatnonzero(empty):  # like a tf.Example without the key
-                bad.setdefault(int(i), ("missing_key", f"key column {key_field!r} is empty"))
+            keys, missing = _key_values(batch.column(key_field), key_field)
+            for i, why in missing.items():
+                bad.setdefault(i, why)
+    lines = batch.lines if batch.lines is not None else [None] * n
     errors = [error_row(batch.shard, batch.indices[i], etype, msg, batch.row_text(i),
-                        line=batch.lines[i]) for i, (etype, msg) in sorted(bad.items())]
+                        line=lines[i]) for i, (etype, msg) in sorted(bad.items())]
     if bad:
         keep = np.ones(n, dtype=bool)
         keep[list(bad)] = False
         columns = [FeatureColumn(c.name, c.dtype, c.values[keep], c.sizes[keep],
                                  c.present[keep]) for c in columns]
-        indices, lines = batch.indices[keep], batch.lines[keep]
+        indices = batch.indices[keep]
+        lines = batch.lines[keep] if batch.lines is not None else None
         keys = keys[keep] if keys is not None else None
         n = int(keep.sum())
     else:
@@ -356,9 +371,9 @@ def csv_to_examples(batch: CsvBatch, spec: FeatureSpec, key_field: str | None,
 
 
 class ParseWithSpecDoFn(beam.DoFn):
-    """CsvBatch -> RecordBatch of serialized tf.Examples (+ 'errors'); RecordBatch as is.
+    """ColumnBatch -> RecordBatch of serialized tf.Examples (+ 'errors'); RecordBatch as is.
 
-    CSV batches are converted in a helper thread, one batch ahead: most of a conversion runs
+    Column batches are converted in a helper thread, one batch ahead: most of a conversion runs
     in Arrow and numpy, which release the GIL, so batch k is converted while this thread
     formats and writes the predictions of batch k-1. Outputs keep their order."""
 
@@ -377,7 +392,7 @@ class ParseWithSpecDoFn(beam.DoFn):
             self._pool.shutdown(wait=True)
 
     def start_bundle(self):
-        self._pending = None  # the future of the CSV batch being converted
+        self._pending = None  # the future of the column batch being converted
 
     def process(self, batch):
         if isinstance(batch, RecordBatch):
@@ -385,15 +400,15 @@ class ParseWithSpecDoFn(beam.DoFn):
             yield batch
             return
         previous = self._flush()
-        self._pending = self._pool.submit(csv_to_examples, batch, self._spec, self._key_field,
-                                          self._sep)
+        self._pending = self._pool.submit(columns_to_examples, batch, self._spec,
+                                          self._key_field, self._sep)
         yield from previous
 
     def finish_bundle(self):
         yield from in_global_window(self._flush())
 
     def _flush(self):
-        """The outputs of the pending CSV batch (none if there is none); it is no longer
+        """The outputs of the pending column batch (none if there is none); it is no longer
         pending once this returns, before the outputs are iterated."""
         pending, self._pending = self._pending, None
         return self._outputs(pending) if pending is not None else iter(())

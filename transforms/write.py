@@ -26,7 +26,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms import format as fmt
+from transforms import formats
 from transforms.metrics import ALL, percentiles_ms
 from transforms.sink import Sink
 
@@ -84,33 +84,24 @@ class WriteStagedFilesDoFn(beam.DoFn):
 
 
 class WritePredictions(beam.PTransform):
+    """Prediction batches -> staged `predictions-<uuid>` files in an output format (a
+    registered format's name, looked up here: the step carries the format itself)."""
+
     def __init__(self, staging: str, output_format: str, key_field: str | None,
                  output_names: list[str]):
         super().__init__()
         self._staging = staging
-        self._format = output_format
+        self._format = formats.output_format(output_format)
         self._key_field = key_field
         self._output_names = output_names
 
     def expand(self, batches):
-        key_field = self._key_field
-        if self._format == "csv":
-            text = batches | "FormatCsv" >> beam.Map(fmt.to_csv, key_field).with_output_types(
-                bytes)
-        else:
-            text = batches | "FormatJsonl" >> beam.Map(fmt.to_jsonl, key_field
-                                                       ).with_output_types(bytes)
-        header = prediction_header(self._format, key_field, self._output_names)
+        out = self._format
+        text = batches | f"Format{out.name.capitalize()}" >> beam.Map(
+            out.encode, self._key_field).with_output_types(bytes)
         return text | "WriteFiles" >> beam.ParDo(WriteStagedFilesDoFn(
-            self._staging, "predictions", "." + self._format, header))
-
-
-def prediction_header(output_format: str, key_field: str | None,
-                      output_names: list[str]) -> bytes | None:
-    """The first line of every predictions file (CSV only)."""
-    if output_format != "csv":
-        return None
-    return ",".join(fmt.csv_header(key_field, output_names)).encode("utf-8")
+            self._staging, "predictions", out.suffix,
+            out.header(self._key_field, self._output_names)))
 
 
 class WriteJsonLines(beam.PTransform):
