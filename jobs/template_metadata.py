@@ -14,6 +14,8 @@ from jobs.spec import pipeline_option_actions
 
 __all__ = ["TEMPLATE_NAME", "DESCRIPTION", "flex_template_metadata", "render_metadata"]
 
+__all__ = ["TEMPLATE_NAME", "DESCRIPTION", "flex_template_metadata", "render_metadata"]
+
 TEMPLATE_NAME = "batch-predict"
 DESCRIPTION = ("Batch prediction with a TensorFlow SavedModel: TFRecord/CSV in, predictions, "
                "error rows, metrics, manifest.json and _SUCCESS out")
