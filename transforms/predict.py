@@ -98,7 +98,6 @@ def _split(batch: RecordBatch, n: int) -> tuple[RecordBatch, RecordBatch]:
     return part(slice(None, n)), part(slice(n, None))
 
 
-
 def _in_record_order(results: list) -> tuple:
     """(positions, outputs, keys read) of the successful calls on a chunk, in record order."""
     if len(results) == 1:  # the usual case: one call scored the whole chunk
