@@ -40,8 +40,6 @@ __all__ = ["DEFAULT_MAX_RECORD_BYTES", "READ_CHUNK", "PAYLOAD_KEEP", "InputForma
 DEFAULT_MAX_RECORD_BYTES = 128 << 20
 READ_CHUNK = 4 << 20  # bytes asked of a shard's stream at once
 _GZIP_MAGIC = b"\x1f\x8b"
-
-
 # one byte beyond what an error row keeps, so that the row says its payload was cut
 PAYLOAD_KEEP = MAX_PAYLOAD_BYTES + 1
 
@@ -70,7 +68,8 @@ class InputFormat(abc.ABC):
         read, or one for an unreadable rest of the file. `columns` names the columns the job
         reads (the spec's features and the key): a column-oriented source may leave out the
         others. No record longer than `max_record_bytes` may be held in memory: it is an
-        error row. Set stats["bytes"] (bytes read, as stored) and stats["gzip"]."""
+        error row. Record what only the format knows in `stats`: "bytes", the bytes read as
+        stored, and "gzip" (`shard_stream` sets both)."""
 
     @abc.abstractmethod
     def key_dtype(self, path: str, key: str, max_record_bytes: int) -> str:
