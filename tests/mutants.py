@@ -64,7 +64,7 @@ MUTANTS = [
             "retry_finishes",)),
     Mutant("--overwrite deletes every file in the output dir",
            "transforms/output_dir.py",
-           "return _OWN_FILE.fullmatch(relative) is not None", "return True",
+           "return _own_file(suffixes).fullmatch(relative) is not None", "return True",
            ("tests/test_output_dir.py::test_overwrite_removes_only_this_tools_outputs",)),
     Mutant("a retried finalize fails on files it already moved",
            "transforms/output_dir.py",

@@ -161,10 +161,14 @@ def test_a_name_or_an_extension_is_registered_once():
     assert list(formats.OUTPUT_FORMATS) == ["jsonl", "csv"]
 
 
-def test_the_output_dirs_own_names_follow_the_output_formats():
+def test_the_output_dirs_own_names_follow_the_output_formats(monkeypatch):
     from transforms import output_dir
-    assert output_dir.PREDICTION_SUFFIXES == ("jsonl", "csv")
     assert output_dir.own_name("predictions-00000-of-00001.csv")
+    assert output_dir.own_name("predictions-00000-of-00001.jsonl")
+    assert not output_dir.own_name("predictions-00000-of-00001.tsv")
+    monkeypatch.setitem(formats.OUTPUT_FORMATS, "tsv", TsvOutput())  # registered after import
+    assert output_dir.own_name("predictions-00000-of-00001.tsv")
+    assert not output_dir.own_name("predictions-00000-of-00001xtsv")  # the dot is a dot
 
 
 # --- typed columns in the parse step --------------------------------------------------------------

@@ -101,8 +101,10 @@ def test_csv_fuzz_every_row_accounted(dofns, rows, raw_tail, bom, crlf):
     finally:
         os.unlink(fh.name)
     assert records == predicted + len(errors)
-    if not raw_tail:  # every row written is a record (none is blank: each has 10+ cells)
-        assert records == len(rows)
+    if not raw_tail:  # as many records as the csv module reads back (the writer leaves a
+        # lone \r in a cell unquoted, which splits that row in two), none of them blank
+        text = data.decode("utf-8-sig")
+        assert records == sum(1 for row in csv.reader(io.StringIO(text, newline="")) if row) - 1
 
 
 def _example(draw_values):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import json
 import logging
 import os
@@ -48,20 +49,25 @@ SUCCESS = "_SUCCESS"
 MANIFEST = "manifest.json"
 LOCK = ".batch-predict.lock"
 RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}")
-PREDICTION_SUFFIXES = tuple(f.suffix.lstrip(".") for f in OUTPUT_FORMATS.values())
 _SHARDED = r"-\d{5,}-of-\d{5,}"
-_OWN_FILE = re.compile(
-    rf"predictions{_SHARDED}\.(?:{'|'.join(PREDICTION_SUFFIXES)})|errors{_SHARDED}\.jsonl"
-    rf"|metrics/(?:shard_latency|model_loads){_SHARDED}\.jsonl"
-    r"|metrics/summary\.json|metrics/errors_by_type\.json|manifest\.json|_SUCCESS")
 _STAGING = re.compile(r"\.tmp-" + RUN_ID.pattern)
 
 
+@functools.lru_cache(maxsize=8)
+def _own_file(suffixes: tuple[str, ...]) -> re.Pattern:
+    predictions = "|".join(re.escape(s) for s in suffixes)
+    return re.compile(
+        rf"predictions{_SHARDED}(?:{predictions})|errors{_SHARDED}\.jsonl"
+        rf"|metrics/(?:shard_latency|model_loads){_SHARDED}\.jsonl"
+        r"|metrics/summary\.json|metrics/errors_by_type\.json|manifest\.json|_SUCCESS")
 
 
 def own_name(relative: str) -> bool:
-    """Whether a path relative to the output dir is one that a run writes."""
-    return _OWN_FILE.fullmatch(relative) is not None
+    """Whether a path relative to the output dir is one that a run writes: the prediction
+    files of every registered output format (read at call time, so a format registered after
+    import counts too), error rows, metrics, manifest and _SUCCESS."""
+    suffixes = tuple(sorted(f.suffix for f in OUTPUT_FORMATS.values()))
+    return _own_file(suffixes).fullmatch(relative) is not None
 
 
 def staging_name(run_id: str) -> str:
