@@ -36,6 +36,8 @@ from transforms.worker import ModelHolder
 from transforms.write import (FinalizeDoFn, WriteJsonLines, WriteMetricsDoFn, WritePredictions,
                               build_reports)
 
+__all__ = ["JobPlan", "plan_job", "build_pipeline", "expected_files"]
+
 _LOG = logging.getLogger(__name__)
 
 

@@ -14,6 +14,9 @@ import numpy as np
 
 from transforms.feature_spec import Feature, FeatureSpec
 
+__all__ = ["NUMERIC", "IDS", "STRINGS", "COUNTRIES", "DEVICES", "demo_spec", "build_demo_model",
+           "demo_rows", "write_tfrecords", "write_csv", "write_demo_data"]
+
 NUMERIC = [f"n{i}" for i in range(8)]
 IDS = ["c0", "c1", "c2"]
 STRINGS = ["country", "device"]

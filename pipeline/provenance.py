@@ -15,6 +15,9 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 
 from transforms.errors import OptionsError
 
+__all__ = ["CODE_VERSION_ENV", "code_version", "parse_label_values", "parse_labels",
+           "run_provenance"]
+
 CODE_VERSION_ENV = "BATCH_PREDICT_CODE_VERSION"  # set by the flex template image build
 
 

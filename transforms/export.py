@@ -11,6 +11,8 @@ from typing import Callable
 
 from transforms.feature_spec import FeatureSpec
 
+__all__ = ["raw_input_signature", "densify", "export_parsing_model"]
+
 
 def raw_input_signature(spec: FeatureSpec) -> dict:
     """Named TensorSpecs of what `parse_example(spec)` yields, densified."""

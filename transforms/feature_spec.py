@@ -23,6 +23,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from transforms.errors import FeatureSpecError
 
+__all__ = ["DTYPES", "KINDS", "MAX_SPEC_BYTES", "Feature", "FeatureSpec", "FeatureSpecError"]
+
 DTYPES = ("float32", "int64", "string")
 KINDS = ("fixed", "varlen", "ragged")
 MAX_SPEC_BYTES = 16 << 20  # a spec of thousands of features is well under 1 MB

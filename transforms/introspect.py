@@ -12,6 +12,9 @@ import dataclasses
 from transforms.errors import FeatureSpecError
 from transforms.feature_spec import Feature, FeatureSpec
 
+__all__ = ["PARSE_OPS", "TF_EXAMPLE_DTYPE", "TensorInfo", "SignatureInfo", "signature_info",
+           "spec_from_inputs", "feed_problems", "recover_spec"]
+
 PARSE_OPS = ("ParseExample", "ParseExampleV2")
 
 

@@ -33,6 +33,9 @@ import uuid
 
 from transforms.errors import StagingError
 
+__all__ = ["DOWNLOAD_THREADS", "RemoteFile", "split_gcs_uri", "check_relative_name", "fingerprint",
+           "check_sizes", "list_model_files", "default_cache_dir", "stage_model"]
+
 _LOG = logging.getLogger(__name__)
 DOWNLOAD_THREADS = 8
 _COMPLETE_MARKER = ".staged"

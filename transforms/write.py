@@ -30,6 +30,10 @@ from transforms import formats
 from transforms.metrics import ALL, percentiles_ms
 from transforms.sink import Sink
 
+__all__ = ["WriteStagedFilesDoFn", "WritePredictions", "WriteJsonLines", "final_names",
+           "WriteMetricsDoFn", "build_reports", "errors_by_type_report", "model_load_stats",
+           "build_manifest", "FinalizeDoFn"]
+
 _LOG = logging.getLogger(__name__)
 
 
