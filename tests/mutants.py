@@ -84,7 +84,7 @@ MUTANTS = [
            "f\"{output}/{found.odd[0]} is a symlink",
            ("tests/test_output_dir.py::test_symlinks_at_our_names_are_refused",)),
     Mutant("the output dir is not locked",
-           "transforms/output_dir.py",
+           "transforms/output_lock.py",
            "        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n", "        pass\n",
            ("tests/test_output_dir.py::test_a_second_run_on_a_busy_output_dir_is_refused",)),
     Mutant("stale staging dirs are never removed",

@@ -18,6 +18,7 @@ from pipeline.demo import demo_rows, write_tfrecords
 from pipeline.run import EXIT_ERROR_BUDGET, EXIT_OK, EXIT_USAGE, main
 from tests.helpers import errors, predictions, read_jsonl
 from transforms import output_dir as od
+from transforms import output_lock as ol
 
 BASE = ["--key_field", "id"]
 
@@ -224,7 +225,7 @@ def test_an_over_budget_overwrite_keeps_the_last_good_output(tmp_path, demo_mode
     staging = glob.glob(str(out / ".tmp-*"))
     assert len(staging) == 1
     assert {p: h for p, h in _tree(out).items() if not p.startswith(".tmp-")
-            and p != od.LOCK} == {p: h for p, h in good.items() if p != od.LOCK}
+            and p != ol.LOCK} == {p: h for p, h in good.items() if p != ol.LOCK}
     # the rejected run's outputs are finalized in its staging dir, for inspection
     kept = staging[0]
     assert {e["index"] for e in errors(kept)} == {2, 9, 15}
@@ -476,7 +477,7 @@ def test_stale_staging_dirs_are_removed_by_the_next_successful_run(tmp_path, dem
 def test_a_second_run_on_a_busy_output_dir_is_refused(tmp_path, demo_model_base, small_input,
                                                       capsys):
     out = tmp_path / "out"
-    other = od.claim_output(str(out), "20261203T000000-0000beef")  # a run in progress
+    other = ol.claim_output(str(out), "20261203T000000-0000beef")  # a run in progress
     try:
         assert _score(demo_model_base, small_input["path"], out) == EXIT_USAGE
         line = _one_error_line(capsys.readouterr().err)

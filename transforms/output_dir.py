@@ -1,5 +1,6 @@
-"""The output location: which names in it belong to this tool, how a run claims it, and how the
-last step puts a run's staged files in place without touching anything else.
+"""The output location: which names in it belong to this tool, what is refused before a run
+starts, and how the last step puts a run's staged files in place without touching anything
+else (claiming the dir for one run is `transforms.output_lock`).
 
 A run only ever creates, replaces or deletes these names under --output (`own_name`):
 
@@ -25,29 +26,26 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import functools
 import json
 import logging
 import os
 import re
-import socket
-import time
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import OutputError
+from transforms.output_lock import LOCK, is_remote, release_remote_lock, staging_name
 from transforms.formats import OUTPUT_FORMATS
 
-__all__ = ["OutputError", "OutputClaim", "SUCCESS", "MANIFEST", "LOCK", "RUN_ID",
-           "normalize_output", "own_name", "scan", "check_output", "claim_output",
-           "commit", "read_own_manifest", "run_outputs_dir"]
+__all__ = ["SUCCESS", "MANIFEST", "RUN_ID", "Scan", "FileOps", "normalize_output", "own_name",
+           "scan", "check_output_bucket", "check_output", "commit", "read_own_manifest",
+           "run_outputs_dir"]
 
 _LOG = logging.getLogger(__name__)
 SUCCESS = "_SUCCESS"
 MANIFEST = "manifest.json"
-LOCK = ".batch-predict.lock"
 RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}")
 _SHARDED = r"-\d{5,}-of-\d{5,}"
 _STAGING = re.compile(r"\.tmp-" + RUN_ID.pattern)
@@ -70,21 +68,13 @@ def own_name(relative: str) -> bool:
     return _own_file(suffixes).fullmatch(relative) is not None
 
 
-def staging_name(run_id: str) -> str:
-    return f".tmp-{run_id}"
-
-
-def _remote(path: str) -> bool:
-    return "://" in path
-
-
 def normalize_output(output: str) -> str:
     """The output dir as the run will use it: local paths absolute (workers may run elsewhere),
     no trailing slash. Refuses what cannot be a directory this run owns."""
     text = (output or "").strip()
     if not text:
         raise OutputError("--output: is empty; pass the directory to write predictions into")
-    if _remote(text):
+    if is_remote(text):
         scheme, _, rest = text.partition("://")
         bucket = rest.split("/", 1)[0]
         if not bucket:
@@ -145,7 +135,7 @@ def _scan_local(output: str) -> Scan:
     return found
 
 
-def _scan_remote(output: str) -> Scan:
+def _scanis_remote(output: str) -> Scan:
     found = Scan([], [], [])
     root = output + "/"
     try:
@@ -168,11 +158,11 @@ def _scan_remote(output: str) -> Scan:
 
 
 def scan(output: str) -> Scan:
-    return _scan_remote(output) if _remote(output) else _scan_local(output)
+    return _scanis_remote(output) if is_remote(output) else _scan_local(output)
 
 
 def _inside(path: str, root: str) -> bool:
-    if _remote(root):
+    if is_remote(root):
         return path.startswith(root + "/")
     path, root = os.path.realpath(path), os.path.realpath(root)
     return os.path.commonpath([path, root]) == root
@@ -213,130 +203,6 @@ def check_output(output: str, overwrite: bool, inputs: list[str] = ()) -> Scan:
     return found
 
 
-# --- claiming the output dir ---------------------------------------------------------------------
-@dataclasses.dataclass
-class OutputClaim:
-    """This run's hold on the output dir: a lock the launcher keeps until the job ends.
-
-    Local: an flock on `.batch-predict.lock` (the file stays; the lock dies with the process,
-    so a killed run never blocks the next one). Remote: the lock object itself, created only if
-    absent (a generation precondition on GCS) and deleted by the run's finalize or launcher."""
-    output: str
-    run_id: str
-    fd: int | None = None
-
-    def release(self) -> None:
-        """Give up the output dir (idempotent); an empty staging dir goes with it."""
-        if not _remote(self.output):
-            with contextlib.suppress(OSError):
-                os.rmdir(os.path.join(self.output, staging_name(self.run_id)))
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = None
-        elif _remote(self.output):
-            release_remote_lock(self.output, self.run_id)
-
-
-def _lock_text(run_id: str) -> bytes:
-    return json.dumps({"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
-                       "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode()
-
-
-def _holder(text: bytes) -> str:
-    try:
-        info = json.loads(text)
-        return (f"run {info['run_id']}, process {info['pid']} on {info['host']}, since "
-                f"{info['started']}")
-    except (ValueError, KeyError, TypeError):
-        return "another run"
-
-
-def _os_error(output: str, e: OSError) -> OutputError:
-    what = {errno.EROFS: "is on a read-only filesystem", errno.EACCES: "is not writable",
-            errno.EPERM: "is not writable", errno.ENOSPC: "is on a full disk",
-            errno.ENOTDIR: "has a parent that is not a directory"}.get(e.errno)
-    return OutputError(f"cannot write to output dir {output}: "
-                       f"{what or e.strerror or e}; choose another --output")
-
-
-def claim_output(output: str, run_id: str) -> OutputClaim:
-    """Create the output dir if needed, take its lock and create this run's staging dir.
-
-    Fails with one OutputError when the dir is not writable or another run holds it."""
-    if _remote(output):
-        return _claim_remote(output, run_id)
-    import fcntl
-    lock = os.path.join(output, LOCK)
-    try:
-        os.makedirs(output, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise OutputError(f"{lock} is a symlink; remove it") from None
-        raise _os_error(output, e) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        held = os.pread(fd, 4096, 0)
-        os.close(fd)
-        raise OutputError(f"output dir {output} is in use by {_holder(held)}; wait for it to "
-                          "finish or choose another --output") from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, _lock_text(run_id), 0)
-        os.mkdir(os.path.join(output, staging_name(run_id)))
-    except OSError as e:
-        os.close(fd)
-        raise _os_error(output, e) from None
-    return OutputClaim(output, run_id, fd)
-
-
-def _gcs_blob(path: str):
-    from google.cloud import storage
-    bucket, _, name = path[len("gs://"):].partition("/")
-    return storage.Client(project=None).bucket(bucket).blob(name)
-
-
-def _claim_remote(output: str, run_id: str) -> OutputClaim:
-    lock = f"{output}/{LOCK}"
-    if FileSystems.exists(lock):
-        with FileSystems.open(lock, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
-            held = fh.read(4096)
-        raise OutputError(f"output dir {output} is in use by {_holder(held)}; wait for it to "
-                          f"finish, or delete {lock} if that run is gone")
-    try:
-        if lock.startswith("gs://"):
-            from google.api_core import exceptions as gexc
-            try:  # create only if absent: two launchers racing for one output, one wins
-                _gcs_blob(lock).upload_from_string(_lock_text(run_id), if_generation_match=0)
-            except gexc.PreconditionFailed:
-                raise OutputError(f"output dir {output} is in use by another run that started "
-                                  "just now; choose another --output") from None
-        else:
-            with FileSystems.create(lock) as fh:
-                fh.write(_lock_text(run_id))
-    except OutputError:
-        raise
-    except Exception as e:  # noqa: BLE001 -- any storage failure: one line, the cause named
-        raise OutputError(f"cannot write to output dir {output}: {e}") from None
-    return OutputClaim(output, run_id)
-
-
-def release_remote_lock(output: str, run_id: str) -> None:
-    """Delete the remote lock if it is this run's (a retried finalize may find it gone)."""
-    lock = f"{output}/{LOCK}"
-    try:
-        if not FileSystems.exists(lock):
-            return
-        with FileSystems.open(lock, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
-            if json.loads(fh.read(4096)).get("run_id") != run_id:
-                return
-        FileSystems.delete([lock])
-    except Exception as e:  # noqa: BLE001 -- a lock left behind is reported, not fatal
-        _LOG.warning("could not release %s: %s", lock, e)
-
-
 # --- finalize ------------------------------------------------------------------------------------
 class FileOps:
     """The filesystem operations finalize uses (tests inject failures through a subclass).
@@ -345,7 +211,7 @@ class FileOps:
     is at the target name, and a target parent that is a symlink is refused."""
 
     def exists(self, path: str) -> bool:
-        return FileSystems.exists(path) if _remote(path) else os.path.lexists(path)
+        return FileSystems.exists(path) if is_remote(path) else os.path.lexists(path)
 
     def read(self, path: str) -> bytes:
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
@@ -357,7 +223,7 @@ class FileOps:
             fh.write(data)
 
     def rename(self, source: str, target: str) -> None:
-        if _remote(source):
+        if is_remote(source):
             FileSystems.rename([source], [target])
             return
         parent = os.path.dirname(target)
@@ -369,7 +235,7 @@ class FileOps:
         os.rename(source, target)
 
     def delete(self, path: str) -> None:
-        if _remote(path):
+        if is_remote(path):
             FileSystems.delete([path])
         else:
             with contextlib.suppress(FileNotFoundError):
@@ -377,7 +243,7 @@ class FileOps:
 
     def remove_tree(self, path: str) -> None:
         """Delete a staging dir and what is left in it."""
-        if _remote(path):
+        if is_remote(path):
             FileSystems.delete([path.rstrip("/") + "/"])
             return
         import shutil
@@ -478,7 +344,7 @@ def _seal(output: str, staging: str, run_id: str, within_budget: bool, ops: File
                 _LOG.info("finalize: removing %s/%s, left by a run that did not finish",
                           output, stale)
                 ops.remove_tree(_join(output, stale))
-    if _remote(output):
+    if is_remote(output):
         release_remote_lock(output, run_id)
     return output
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import abc
 from typing import Callable
 
-from transforms import output_dir
+from transforms import output_dir, output_lock
 
 __all__ = ["Sink", "FileFamilySink"]
 
@@ -68,10 +68,10 @@ class FileFamilySink(Sink):
         output_dir.check_output(self.location, overwrite, inputs)
 
     def claim(self, run_id: str):
-        return output_dir.claim_output(self.location, run_id)
+        return output_lock.claim_output(self.location, run_id)
 
     def staging_location(self, run_id: str) -> str:
-        return f"{self.location}/{output_dir.staging_name(run_id)}"
+        return f"{self.location}/{output_lock.staging_name(run_id)}"
 
     def finalize(self, run_id: str, staged: dict[str, str], within_budget: bool,
                  overwrite: bool, manifest_for: Callable[[str, list[str]], dict]) -> str:
