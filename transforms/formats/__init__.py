@@ -9,8 +9,7 @@ Everything that depends on the set of formats asks these registries: the command
 choices (`--input_format`, `--output_format`), the inference of the input format from file
 names, the reading and writing steps, and the output dir's own file names. Adding a format is
 one module and one `register_input_format` / `register_output_format` call below; a format
-registered later (a test's, a plugin's) works the same way, except that the output dir's own
-names are fixed when `transforms.output_dir` is first imported.
+registered later (a test's, a plugin's) works the same way.
 """
 from __future__ import annotations
 
