@@ -14,8 +14,8 @@ import numpy as np
 
 from transforms.feature_spec import Feature, FeatureSpec
 
-__all__ = ["NUMERIC", "IDS", "STRINGS", "COUNTRIES", "DEVICES", "demo_spec", "build_demo_model",
-           "demo_rows", "write_tfrecords", "write_csv", "write_demo_data"]
+__all__ = ["NUMERIC", "IDS", "STRINGS", "COUNTRIES", "DEVICES", "demo_spec", "demo_dtypes",
+           "build_demo_model", "demo_rows", "write_tfrecords", "write_csv", "write_demo_data"]
 
 NUMERIC = [f"n{i}" for i in range(8)]
 IDS = ["c0", "c1", "c2"]
@@ -94,7 +94,8 @@ def demo_rows(n: int, seed: int = 1, start_id: int = 0) -> list[dict]:
     return rows
 
 
-def _dtypes() -> dict:
+def demo_dtypes() -> dict:
+    """{column: dtype} of the demo rows: the key, then every feature."""
     d = {"id": "string"}
     d.update({f.name: f.dtype for f in demo_spec().values()})
     return d
@@ -106,13 +107,13 @@ def write_tfrecords(rows: list[dict], path: str, gzip: bool = False) -> str:
     options = tf.io.TFRecordOptions(compression_type="GZIP" if gzip else "")
     with tf.io.TFRecordWriter(path, options) as w:
         for i in range(0, len(rows), 8192):
-            for record in encode_rows(rows[i:i + 8192], _dtypes()):
+            for record in encode_rows(rows[i:i + 8192], demo_dtypes()):
                 w.write(record)
     return path
 
 
 def write_csv(rows: list[dict], path: str) -> str:
-    columns = list(_dtypes())
+    columns = list(demo_dtypes())
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(columns)

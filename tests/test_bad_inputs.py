@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from pipeline.demo import _dtypes, demo_rows, write_csv
+from pipeline.demo import demo_dtypes, demo_rows, write_csv
 from tests.helpers import assert_close, errors, expected_outputs, predictions, run_job
 from transforms.examples import encode_rows
 
@@ -27,7 +27,7 @@ def _frame(data: bytes) -> bytes:
 
 
 def _records(rows) -> list[bytes]:
-    return list(encode_rows(rows, _dtypes()))
+    return list(encode_rows(rows, demo_dtypes()))
 
 
 def _rows(prefix: str, n: int, seed: int) -> list[dict]:
@@ -85,7 +85,7 @@ def tfrecord_case(tmp_path_factory, demo_model_base):
     no_device = dict(rows[3]); no_device.pop("device")             # required, no default
     records[3] = _records([no_device])[0]
     wrong_type = dict(rows[5]); wrong_type["n0"] = 7               # int64 where float32
-    records[5] = encode_rows([wrong_type], {**_dtypes(), "n0": "int64"})[0]
+    records[5] = encode_rows([wrong_type], {**demo_dtypes(), "n0": "int64"})[0]
     wrong_count = dict(rows[6]); wrong_count["n1"] = [1.0, 2.0]    # 2 values for shape []
     records[6] = _records([wrong_count])[0]
     no_key = dict(rows[7]); no_key.pop("id")
@@ -228,7 +228,7 @@ def test_errors_by_type_report(tfrecord_case):
 def csv_case(tmp_path_factory, demo_model_base):
     d = tmp_path_factory.mktemp("bad_csv")
     cases = {}
-    header = list(_dtypes())
+    header = list(demo_dtypes())
 
     def line(row):
         return ",".join("" if row.get(c) is None else str(row[c]) for c in header)

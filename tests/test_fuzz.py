@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.demo import _dtypes
+from pipeline.demo import demo_dtypes
 from transforms.model import open_model
 from transforms.parse import ParseWithSpecDoFn
 from transforms.predict import PredictDoFn, PredictionBatch
@@ -90,7 +90,7 @@ _cells = st.one_of(
 @given(rows=st.lists(st.lists(_cells, min_size=10, max_size=17), max_size=25),
        raw_tail=st.binary(max_size=40), bom=st.booleans(), crlf=st.booleans())
 def test_csv_fuzz_every_row_accounted(dofns, rows, raw_tail, bom, crlf):
-    header = list(_dtypes())
+    header = list(demo_dtypes())
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\r\n" if crlf else "\n").writerows([header] + rows)
     data = ("\ufeff" if bom else "").encode() + buf.getvalue().encode() + raw_tail
@@ -120,7 +120,7 @@ def _example(draw_values):
     return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
 
 
-_names = st.sampled_from(list(_dtypes()) + ["extra"])
+_names = st.sampled_from(list(demo_dtypes()) + ["extra"])
 _feature = st.one_of(
     st.tuples(_names, st.just("float"), st.lists(st.floats(width=32), max_size=3)),
     st.tuples(_names, st.just("int"), st.lists(st.integers(-2**63, 2**63 - 1), max_size=3)),

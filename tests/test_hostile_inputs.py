@@ -20,7 +20,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from pipeline.demo import _dtypes, demo_rows
+from pipeline.demo import demo_dtypes, demo_rows
 from tests.helpers import assert_close, errors, expected_outputs, predictions, run_job
 from transforms.errors import InputError
 
@@ -119,7 +119,7 @@ def test_keys_that_are_not_utf8_are_base64_in_both_output_formats(
     ids = [b"k0", b"\xff\xfe", "ü-ok".encode(), None, b"k4"]
     for r, i in zip(rows, ids):
         r["id"] = i
-    header = list(_dtypes())
+    header = list(demo_dtypes())
     if input_format == "csv":
         # the clean file goes through pyarrow's block reader, the other through the csv module
         _write_csv(tmp_path / "a.csv", header, [rows[0], rows[3], rows[4]])
@@ -226,7 +226,7 @@ def test_max_record_bytes_option_reaches_the_readers(tmp_path, demo_model_base):
     big = _example({**rows[0], "id": "big", "pad": "x" * (2 * MIB)})
     path = tmp_path / "a.tfrecord"
     path.write_bytes(_frame(_example(rows[0])) + _frame(big) + _frame(_example(rows[1])))
-    header = list(_dtypes())
+    header = list(demo_dtypes())
     _write_csv(tmp_path / "a.csv", header, [rows[0], {**rows[1], "id": "y" * (2 * MIB)},
                                             rows[1]])
     for name in ("a.tfrecord", "a.csv"):
@@ -321,7 +321,7 @@ def test_gzip_record_above_the_cap_keeps_memory_bounded(tmp_path):
 
 
 def test_csv_line_above_the_cap_is_one_row_and_memory_stays_bounded(tmp_path):
-    header = list(_dtypes())
+    header = list(demo_dtypes())
     rows = demo_rows(2, seed=43)
     line = [b",".join(_csv_cell(r.get(c)) for c in header) for r in rows]
     blob = b"\n".join([",".join(header).encode(), line[0], b"0" * 30_000_000, line[1]]) + b"\n"
@@ -411,7 +411,7 @@ def test_directory_input_is_a_startup_error(tmp_path, demo_model_base):
 
 
 # --- 5. CSV headers that almost match ---------------------------------------------------------
-HEADER = list(_dtypes())
+HEADER = list(demo_dtypes())
 
 
 def _header_case(name: str) -> list[str]:
@@ -672,7 +672,7 @@ def test_quoted_csv_cut_short_keeps_every_row_read_and_hands_rows_over_in_groups
         return real_put(self, entry)
 
     monkeypatch.setattr(ReadAhead, "_put", counting_put)
-    header = list(_dtypes())
+    header = list(demo_dtypes())
     rows = demo_rows(20000, seed=60)
     text = io.StringIO()
     w = csv.writer(text, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")

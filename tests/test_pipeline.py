@@ -268,7 +268,7 @@ def test_demo_job_runs_from_the_command_line(tmp_path):
 
 def test_predict_dofn_scores_in_chunks_of_at_most_batch_size(demo_model_base, demo_data):
     """The DoFn alone: buffer < batch_size after every process(), flush in finish_bundle."""
-    from pipeline.demo import _dtypes
+    from pipeline.demo import demo_dtypes
     from transforms.examples import encode_rows
     from transforms.model import open_model
     from transforms.predict import PredictDoFn, PredictionBatch
@@ -281,7 +281,7 @@ def test_predict_dofn_scores_in_chunks_of_at_most_batch_size(demo_model_base, de
     dofn = PredictDoFn(SavedModelHandler(config), batch_size=64, clock=StepClock(10))
     dofn.setup()
     dofn.start_bundle()
-    serialized = encode_rows(demo_data["rows"][:230], _dtypes())
+    serialized = encode_rows(demo_data["rows"][:230], demo_dtypes())
     outputs = []
     for start in range(0, 230, 50):
         part = RecordBatch("s", serialized[start:start + 50],
