@@ -1,6 +1,6 @@
 """`python -m jobs run SPEC --date D` and `--backfill FROM TO`: run the spec's pipeline per date.
 
-Each date is one ordinary pipeline run (`pipeline.run.main`) on the spec's runner: in-process
+Each date is one ordinary pipeline run (`pipeline.run.execute`) on the spec's runner: in-process
 locally, or submitted to Dataflow (waiting for the job, as the pipeline's launcher does). The
 pipeline writes manifest.json and then _SUCCESS as its very last step; this module reads the
 manifest back to report the run. Reruns are idempotent: `--overwrite` replaces a date's
@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
-
-from apache_beam.io.filesystems import FileSystems
 
 from jobs.spec import JobSpec, SpecError, pipeline_argv, render
 from pipeline.run import EXIT_FAILED, EXIT_OK, execute
+from transforms.output_dir import read_own_manifest
 
-__all__ = ["RunOutcome", "read_manifest", "run_date", "date_range", "backfill",
-           "format_outcomes"]
+__all__ = ["RunOutcome", "run_date", "date_range", "backfill", "format_outcomes"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -36,14 +33,6 @@ class RunOutcome:
         return self.exit_code == EXIT_OK
 
 
-def read_manifest(output_dir: str) -> dict | None:
-    path = FileSystems.join(output_dir, "manifest.json")
-    if not FileSystems.exists(path):
-        return None
-    with FileSystems.open(path) as fh:
-        return json.loads(fh.read())
-
-
 def run_date(spec: JobSpec, day: dt.date, extra_argv: list[str] | None = None) -> RunOutcome:
     """Run the job for one date; returns the pipeline's exit code and the manifest."""
     argv = pipeline_argv(spec, day) + list(extra_argv or [])
@@ -56,7 +45,7 @@ def run_date(spec: JobSpec, day: dt.date, extra_argv: list[str] | None = None) -
         _LOG.exception("job %s, run date %s failed", spec.name, day)
         return RunOutcome(day, EXIT_FAILED, output, None)
     # over its error budget after a good run, a rerun's outputs wait in its staging dir
-    return RunOutcome(day, code, where or output, read_manifest(where) if where else None)
+    return RunOutcome(day, code, where or output, read_own_manifest(where) if where else None)
 
 
 def date_range(first: dt.date, last: dt.date) -> list[dt.date]:
