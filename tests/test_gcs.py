@@ -204,3 +204,25 @@ def test_no_credentials_is_one_clear_error(monkeypatch, tmp_path, loopback_only)
     with pytest.raises(StagingError, match="no Google credentials to read the model from GCS: "
                                            "run `gcloud auth application-default login`"):
         stage_model("gs://bp-models/demo/1700000000", str(tmp_path / "cache"))
+
+
+def test_a_gs_output_whose_name_has_glob_characters_is_replaced_exactly(gcs, loopback_only,
+                                                                        gs_demo, tmp_path):
+    """`[`, `*` and `?` in the output path are names, not patterns: the previous run's files
+    there are found and replaced, a sibling matching the pattern is not touched."""
+    out = "gs://bp-out/runs/day[1]*"
+    gcs.upload_bytes(f"{out}/predictions-00000-of-00009.jsonl", b'{"old": 1}\n')
+    gcs.upload_bytes(f"{out}/manifest.json", b'{"run_id": "old"}')
+    for sibling in ("predictions-00000-of-00001.jsonl", "_SUCCESS", "manifest.json"):
+        gcs.upload_bytes(f"gs://bp-out/runs/day1x/{sibling}", b"sibling\n")
+    summary = run_job(gs_demo["model"], f"{gs_demo['data']}/part-00000.csv", out,
+                      "--key_field", "id", "--overwrite",
+                      "--model_cache_dir", str(tmp_path / "cache"))
+    names = gcs.list(out)
+    assert "predictions-00000-of-00009.jsonl" not in names  # the old run's file is gone
+    assert "predictions-00000-of-00001.jsonl" in names and "_SUCCESS" in names
+    assert ".batch-predict.lock" not in names  # released: deleted as a name, not a pattern
+    assert summary["records_in"] == 500
+    # a sibling that the name read as a pattern would match keeps every file
+    assert gcs.list("gs://bp-out/runs/day1x") == ["_SUCCESS", "manifest.json",
+                                                 "predictions-00000-of-00001.jsonl"]

@@ -691,3 +691,16 @@ def test_quoted_csv_cut_short_keeps_every_row_read_and_hands_rows_over_in_groups
     assert [e["error_type"] for e in errs][-1] == "unreadable_tail"
     assert stats["records"] == len(indices) + len(errs)
     assert len(handoffs) < len(indices) / 100
+
+
+def test_an_input_that_is_a_fifo_or_a_device_fails_at_startup(tmp_path, demo_model_base):
+    """Reading a FIFO would block the job forever and a device never ends: refused (exit 2)
+    before anything reads them."""
+    from pipeline.run import main
+    fifo = tmp_path / "pipe.tfrecord"
+    os.mkfifo(fifo)
+    for path in (str(fifo), "/dev/zero"):
+        code = main(["--model", demo_model_base, "--input", path, "--output",
+                     str(tmp_path / "out"), "--input_format", "tfrecord"])
+        assert code == 2
+    assert not (tmp_path / "out").exists()

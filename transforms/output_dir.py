@@ -36,7 +36,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import OutputError
-from transforms.output_lock import LOCK, is_remote, release_remote_lock, staging_name
+from transforms.output_lock import (LOCK, is_remote, literal, release_remote_lock,
+                                    staging_name)
 from transforms.formats import OUTPUT_FORMATS
 
 __all__ = ["SUCCESS", "MANIFEST", "RUN_ID", "Scan", "FileOps", "normalize_output", "own_name",
@@ -139,7 +140,7 @@ def _scanis_remote(output: str) -> Scan:
     found = Scan([], [], [])
     root = output + "/"
     try:
-        matched = FileSystems.match([root + "**"])[0].metadata_list
+        matched = FileSystems.match([literal(root) + "**"])[0].metadata_list
     except Exception:  # noqa: BLE001 -- nothing listed: nothing of ours there
         return found
     staging = set()
@@ -236,7 +237,7 @@ class FileOps:
 
     def delete(self, path: str) -> None:
         if is_remote(path):
-            FileSystems.delete([path])
+            FileSystems.delete([literal(path)])
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)

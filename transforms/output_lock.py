@@ -15,6 +15,7 @@ import errno
 import json
 import logging
 import os
+import re
 import socket
 import time
 
@@ -23,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import OutputError
 
-__all__ = ["LOCK", "OutputClaim", "is_remote", "staging_name", "claim_output",
+__all__ = ["LOCK", "OutputClaim", "is_remote", "literal", "staging_name", "claim_output",
            "release_remote_lock"]
 
 _LOG = logging.getLogger(__name__)
@@ -32,6 +33,13 @@ LOCK = ".batch-predict.lock"
 
 def is_remote(path: str) -> bool:
     return "://" in path
+
+
+def literal(path: str) -> str:
+    """`path` as a pattern that matches only itself. Beam's filesystems read the paths given to
+    `match` and (on GCS) `delete` as glob patterns: a `*`, `?` or `[` in an output dir's name
+    would otherwise reach other objects, e.g. a sibling dir's files."""
+    return re.sub(r"([*?\[])", r"[\1]", path)
 
 
 def staging_name(run_id: str) -> str:
@@ -156,6 +164,6 @@ def release_remote_lock(output: str, run_id: str) -> None:
         with FileSystems.open(lock, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
             if json.loads(fh.read(4096)).get("run_id") != run_id:
                 return
-        FileSystems.delete([lock])
+        FileSystems.delete([literal(lock)])
     except Exception as e:  # noqa: BLE001 -- a lock left behind is reported, not fatal
         _LOG.warning("could not release %s: %s", lock, e)

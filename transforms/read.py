@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from typing import Iterator
 
@@ -42,6 +43,17 @@ def _is_local_dir(path: str) -> bool:
     return "://" not in path and os.path.isdir(path)
 
 
+def _is_local_special(path: str) -> bool:
+    """A local path that exists and is neither a regular file nor a directory."""
+    if "://" in path:
+        return False
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def match_inputs(patterns: list[str]) -> list[tuple[str, int]]:
     """(path, size) of every file the patterns match, each file once (under the first
     spelling that matched it); fails on a pattern matching nothing, or only directories."""
@@ -59,6 +71,10 @@ def match_inputs(patterns: list[str]) -> list[tuple[str, int]]:
             raise InputError(f"input {pattern} is a directory; pass a glob such as {d}/*")
         if not matched:
             raise InputError(f"input pattern {pattern} matches no files")
+        special = [m.path for m in matched if _is_local_special(m.path)]
+        if special:  # a FIFO would block the job forever, a device would never end
+            raise InputError(f"input {special[0]} is not a regular file (a FIFO, socket or "
+                             "device); copy the data into a file and pass that")
         for m in matched:
             first = files.setdefault(_same_file_key(m.path), (m.path, m.size_in_bytes))
             if first[0] != m.path:
