@@ -388,9 +388,10 @@ def test_one_file_under_several_spellings_is_scored_once(tmp_path, monkeypatch,
     data.mkdir()
     _write_tfrecord(data / "a.tfrecord", [_example(r) for r in rows])
     os.symlink(data / "a.tfrecord", tmp_path / "link.tfrecord")
+    os.link(data / "a.tfrecord", tmp_path / "hard.tfrecord")  # the same inode, another name
     monkeypatch.chdir(tmp_path)
     spellings = ["data/a.tfrecord", "./data/a.tfrecord", str(data / "a.tfrecord"),
-                 "link.tfrecord", "data/*.tfrecord"]
+                 "link.tfrecord", "hard.tfrecord", "data/*.tfrecord"]
     files = match_inputs(spellings)
     assert [f for f, _ in files] == ["data/a.tfrecord"]
     out = str(tmp_path / "out")

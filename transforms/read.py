@@ -31,12 +31,17 @@ __all__ = ["match_inputs", "tally", "ReadShardDoFn", "ReadRecordBatches"]
 _LOG = logging.getLogger(__name__)
 
 
-def _same_file_key(path: str) -> str:
-    """What identifies a file whatever its spelling: the resolved path of a local file (so
-    `a`, `./a`, `/abs/a` and a symlink to it are one), the object name otherwise."""
+def _same_file_key(path: str):
+    """What identifies a file whatever its spelling: a local file's device and inode (so `a`,
+    `./a`, `/abs/a`, a symlink and a hard link to it are one), the object name otherwise."""
     if "://" in path and not path.startswith("file://"):
         return path
-    return os.path.realpath(path[len("file://"):] if path.startswith("file://") else path)
+    local = path[len("file://"):] if path.startswith("file://") else path
+    try:
+        info = os.stat(local)
+    except OSError:
+        return os.path.realpath(local)
+    return (info.st_dev, info.st_ino)
 
 
 def _is_local_dir(path: str) -> bool:
