@@ -129,7 +129,7 @@ MUTANTS = [
            "first = files.setdefault(m.path, (m.path, m.size_in_bytes))",
            ("tests/test_hostile_inputs.py",)),
     Mutant("NaN written as JSON null",
-           "transforms/format.py",
+           "transforms/formats/json_columns.py",
            """    return b'"NaN"' if value != value else""",
            """    return b'null' if value != value else""",
            ("tests/test_hostile_inputs.py",)),

@@ -20,7 +20,7 @@ from transforms import formats
 from transforms.errors import InputError
 from transforms.examples import encode_rows
 from transforms.feature_spec import Feature, FeatureSpec
-from transforms.format import json_fragments, row_columns
+from transforms.formats.json_columns import json_fragments, row_columns
 from transforms.formats.base import InputFormat, OutputFormat, shard_stream
 from transforms.parse import columns_to_examples, convert_column
 from transforms.records import ColumnBatch, error_row

@@ -88,7 +88,7 @@ class OutputFormat(abc.ABC):
     Files are `predictions-SSSSS-of-NNNNN` + `suffix` (".jsonl"); `header` is the first line
     of every file, or None; `encode` gives one batch's rows as lines joined by "\\n" (no
     newline at the end). The key column comes first (or `shard`, `index` without a key), then
-    every model output in name order (`transforms.format.row_columns`).
+    every model output in name order (`transforms.formats.json_columns.row_columns`).
     """
     name: str
     suffix: str

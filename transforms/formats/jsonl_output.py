@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import orjson
 
-from transforms.format import json_fragments, row_columns
+from transforms.formats.json_columns import json_fragments, row_columns
 from transforms.formats.base import OutputFormat
 
 if TYPE_CHECKING:
