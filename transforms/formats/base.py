@@ -11,6 +11,15 @@ The generic reading step (`transforms.read`) counts records, error rows and unre
 from what the format yields, so a format only adds the facts it alone knows to the shard's
 stats: the bytes it read as stored (`bytes`) and whether the shard was gzip (`gzip`).
 
+A format may also be **splittable** (`InputFormat.splittable`): a plain (not gzip) file larger
+than the split size is then cut into blocks that different workers read. Cutting happens in
+two passes, both in the pipeline: every range of the file's fixed grid is *summarized*
+(`summarize_range`: where records start in it, how many there are), then the summaries, in
+order, become the file's `SplitIndex` (`index_file`): for each block, the byte offset of its
+first record, that record's index and line number. A block is then a byte slice of whole
+records whose identity is known, and `read_block` reads it alone with the same result as the
+serial reader gives for those records (indices, line numbers, error rows, messages).
+
 An **output format** turns one prediction batch into the text of its rows, and names the
 suffix and the first line of its files.
 """
@@ -18,6 +27,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
+import io
 import gzip
 import queue
 import threading
@@ -33,7 +44,8 @@ if TYPE_CHECKING:
     from transforms.records import Batch
 
 __all__ = ["DEFAULT_MAX_RECORD_BYTES", "READ_CHUNK", "PAYLOAD_KEEP", "InputFormat",
-           "OutputFormat", "open_shard", "shard_stream", "ReadAhead"]
+           "OutputFormat", "SplitIndex", "open_shard", "open_range", "shard_stream",
+           "ReadAhead", "is_gzip"]
 
 # The largest record (TFRecord frame or CSV line) read into memory; a larger one is an error
 # row, so that a corrupt length field or a file with no line ends cannot exhaust memory.
@@ -42,6 +54,38 @@ READ_CHUNK = 4 << 20  # bytes asked of a shard's stream at once
 _GZIP_MAGIC = b"\x1f\x8b"
 # one byte beyond what an error row keeps, so that the row says its payload was cut
 PAYLOAD_KEEP = MAX_PAYLOAD_BYTES + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitIndex:
+    """How one input file is read: as a whole (`split` False: one block, the format's
+    `read_shard`), or as blocks of whole records that can be read independently.
+
+    Block k holds the records whose first byte is in [starts[k], end(k)), where end(k) is
+    starts[k+1] (the file's size for the last block); starts[0] == 0 and starts never
+    decrease (a block that holds no record start is empty: starts[k] == starts[k+1]).
+    `first_index[k]` is the record index of block k's first record (record indices count
+    every record, error rows included, exactly as the serial reader numbers them) and
+    `first_line[k]` the line number of its first line (CSV; 0 for other formats). `header`
+    is what a CSV file's first block begins with (its column names), for the blocks after it.
+    """
+    path: str
+    size: int
+    split: bool = False
+    starts: tuple = (0,)
+    first_index: tuple = (0,)
+    first_line: tuple = (0,)
+    header: tuple | None = None
+
+    @property
+    def blocks(self) -> int:
+        return len(self.starts)
+
+    def end(self, block: int) -> int:
+        return self.starts[block + 1] if block + 1 < len(self.starts) else self.size
+
+    def block_bytes(self, block: int) -> int:
+        return self.end(block) - self.starts[block]
 
 
 class InputFormat(abc.ABC):
@@ -81,6 +125,34 @@ class InputFormat(abc.ABC):
         """A start-up check of the job's first input, before any worker starts: raises
         transforms.errors.InputError for a file the job could not use. Nothing by default."""
 
+    # --- splitting (only for formats with `splittable` True) ----------------------------------
+    # True when the three methods below are implemented; gzip files are never split
+    splittable: bool = False
+
+    def summarize_range(self, path: str, start: int, stop: int, size: int,
+                        max_record_bytes: int):
+        """What `index_file` needs to know of the bytes [start, stop) of the plain file
+        `path` (`size` bytes long), found without knowing anything of the bytes before
+        `start`: a small picklable value (no payloads). Runs on a worker, one call per range
+        of the file's grid, in parallel."""
+        raise NotImplementedError
+
+    def index_file(self, path: str, size: int, ranges: list[tuple[int, int]],
+                   summaries: list, max_record_bytes: int) -> SplitIndex | None:
+        """The file's blocks (one per grid range, in order) from the summaries of its ranges
+        (`ranges[k]` is (start, stop) of `summaries[k]`), or None when the file must be read
+        as a whole (what it holds makes a block's start or identity uncertain: the reason
+        is logged). May read the file again where a summary alone cannot settle a block."""
+        raise NotImplementedError
+
+    def read_block(self, index: SplitIndex, block: int, batch_size: int,
+                   columns: list[str] | None, max_record_bytes: int,
+                   stats: dict) -> Iterator[Batch | dict]:
+        """`read_shard` for block `block` of a split file: its records, as the serial reader
+        would yield them (same indices, lines, error rows and messages), in batches that
+        never mix blocks. Sets stats["bytes"] to the bytes read."""
+        raise NotImplementedError
+
 
 class OutputFormat(abc.ABC):
     """One kind of predictions file: what `--output_format NAME` writes.
@@ -111,6 +183,49 @@ def open_shard(path: str):
         return gzip.GzipFile(fileobj=raw, mode="rb"), True
     raw.seek(0)
     return raw, False
+
+
+def is_gzip(path: str) -> bool:
+    """Whether the file starts with gzip's magic bytes (its name is not asked)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        return raw.read(2) == _GZIP_MAGIC
+
+
+class _Range(io.RawIOBase):
+    """The bytes [start, stop) of a seekable binary stream, as a stream of their own."""
+
+    def __init__(self, raw, start: int, stop: int):
+        super().__init__()
+        raw.seek(start)
+        self._raw, self._left, self.read_bytes = raw, stop - start, 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, b) -> int:
+        if self._left <= 0:
+            return 0
+        view = memoryview(b)[:min(len(b), self._left)]
+        data = self._raw.read(len(view))
+        n = len(data)
+        view[:n] = data
+        self._left -= n
+        self.read_bytes += n
+        if n == 0:
+            self._left = 0
+        return n
+
+    def close(self):
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+def open_range(path: str, start: int, stop: int):
+    """A buffered binary stream of the bytes [start, stop) of a plain file, local or remote;
+    its `raw.read_bytes` is how many were read."""
+    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    return io.BufferedReader(_Range(raw, start, stop), buffer_size=READ_CHUNK)
 
 
 @contextlib.contextmanager
