@@ -15,7 +15,7 @@ import time
 import uuid
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import DirectOptions
+from apache_beam.options.pipeline_options import DirectOptions, StandardOptions, WorkerOptions
 from apache_beam.utils import shared
 
 from pipeline.options import DEFAULT_BATCH_SIZE, BatchPredictOptions
@@ -25,7 +25,7 @@ from transforms.parse import ParseWithSpecDoFn
 from transforms.predict import PredictDoFn
 from transforms import formats
 from transforms.formats.base import DEFAULT_MAX_RECORD_BYTES, InputFormat
-from transforms.read import ReadRecordBatches, match_inputs
+from transforms.read import DEFAULT_SPLIT_BYTES, ReadRecordBatches, match_inputs, read_units
 from transforms.records import Batch
 from transforms.savedmodel import ModelConfig, SavedModelHandler
 from transforms.staging import default_cache_dir
@@ -65,6 +65,8 @@ class JobPlan:
     # this run's hold on the output dir (lock + staging dir), kept by the launcher until the
     # job ends; None for a Dataflow job that is only built
     claim: object = None
+    split_bytes: int = DEFAULT_SPLIT_BYTES  # --split_bytes: the read ranges of large files
+    reshuffle: bool = False  # a Reshuffle of record batches between reading and the model
 
     def release(self) -> None:
         if self.claim is not None:
@@ -103,6 +105,28 @@ def _hint_local_workers(opts: BatchPredictOptions) -> None:
                   "uses every core; drop --direct_running_mode=multi_processing unless the "
                   "input is large",
                   workers, cores)
+
+
+def worker_processes(opts: BatchPredictOptions) -> int:
+    """How many worker processes the job may score in at once, as far as its options say:
+    local multi_processing workers; Dataflow's (max) workers times the vCPUs of their machine
+    type (one SDK process per vCPU; 1 when the type is not given or not of the form
+    family-kind-N); 1 for an in-process local run."""
+    if opts.view_as(StandardOptions).runner in (None, "DirectRunner", "direct"):
+        return opts.view_as(DirectOptions).direct_num_workers or 1 \
+            if _local_worker_processes(opts) else 1
+    worker = opts.view_as(WorkerOptions)
+    workers = worker.max_num_workers or worker.num_workers or 1
+    vcpus = (worker.machine_type or "").rsplit("-", 1)[-1]
+    return workers * (int(vcpus) if vcpus.isdigit() else 1)
+
+
+def _reshuffle(opts: BatchPredictOptions, units: int) -> bool:
+    """Whether record batches are redistributed before the model step: asked for, or (auto)
+    when the reads alone cannot keep every worker process busy."""
+    if opts.reshuffle_batches != "auto":
+        return opts.reshuffle_batches == "on"
+    return units < worker_processes(opts)
 
 
 def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
@@ -152,6 +176,11 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime(start)) + "-" + \
         uuid.uuid4().hex[:8]
     _hint_local_workers(opts)
+    units = read_units(files, reader, opts.split_bytes)
+    reshuffle = _reshuffle(opts, units)
+    _LOG.info("plan: %d independent reads (files, ranges of %d bytes); %s",
+              units, opts.split_bytes, "record batches are reshuffled before the model"
+              if reshuffle else "the model step runs where each read does")
     config = ModelConfig(
         path=model.path, signature=opts.signature, spec=model.spec,
         key_field=opts.key_field, key_dtype=key_dtype,
@@ -168,6 +197,7 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
         "feature_spec_source": model.spec_source, "feature_spec": model.spec.to_json(),
         "input_format": input_format, "input_files": len(files),
         "input_bytes": sum(s for _, s in files), "batch_size": opts.batch_size,
+        "split_bytes": opts.split_bytes, "reshuffle_batches": reshuffle,
         "output_format": opts.output_format, "key_field": opts.key_field,
     }
     auto_batch = opts.batch_size == "auto"
@@ -190,7 +220,8 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
                    auto_batch=auto_batch, overwrite=opts.overwrite,
                    max_error_rate=opts.max_error_rate, list_separator=opts.csv_list_separator,
                    run_info=run_info, shared_model=shared_model, model_holder=holder,
-                   max_record_bytes=max_record_bytes)
+                   max_record_bytes=max_record_bytes, split_bytes=opts.split_bytes,
+                   reshuffle=reshuffle)
 
 
 def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
@@ -201,8 +232,13 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
                                            if plan.model.key_field else [])
     read = p | "Read" >> ReadRecordBatches([f for f, _ in plan.files], plan.input_format,
                                            plan.batch_size, columns=csv_columns,
-                                           max_record_bytes=plan.max_record_bytes)
-    parsed = read.batches | "ParseWithSpec" >> beam.ParDo(
+                                           max_record_bytes=plan.max_record_bytes,
+                                           split_bytes=plan.split_bytes,
+                                           sizes=[s for _, s in plan.files])
+    batches = read.batches
+    if plan.reshuffle:  # model compute on every worker, however few the reads
+        batches = batches | "SpreadBatches" >> beam.Reshuffle()
+    parsed = batches | "ParseWithSpec" >> beam.ParDo(
         ParseWithSpecDoFn(plan.model.spec, plan.model.key_field, plan.list_separator)
     ).with_output_types(Batch).with_outputs("errors", main="records")
     predict_kwargs = {"shared_handle": plan.shared_model,

@@ -19,6 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentP
 from transforms.errors import OptionsError
 from transforms.formats import INPUT_FORMATS, OUTPUT_FORMATS
 from transforms.formats.base import DEFAULT_MAX_RECORD_BYTES
+from transforms.read import DEFAULT_SPLIT_BYTES, MIN_SPLIT_BYTES
 
 __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_MAX_ERROR_RATE", "DEFAULT_MAX_RECORD_BYTES", "PROG",
            "BatchPredictOptions", "all_options_parser", "check_argv", "print_help"]
@@ -48,6 +49,14 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(
             f"must be an integer >= 0 (0 = TensorFlow's default), got {text!r}")
+    return value
+
+
+def _split_bytes(text: str) -> int:
+    accepted = f"must be 0 (read files whole) or a number of bytes >= {MIN_SPLIT_BYTES}"
+    value = _int(text, accepted)
+    if value < 0 or 0 < value < MIN_SPLIT_BYTES:
+        raise argparse.ArgumentTypeError(f"{accepted}, got {text!r}")
     return value
 
 
@@ -184,6 +193,16 @@ class BatchPredictOptions(PipelineOptions):
             "--max_record_bytes", type=_positive_int, default=DEFAULT_MAX_RECORD_BYTES,
             help="largest TFRecord record or CSV line accepted; a longer one is an error row "
                  "(corrupt_record / csv_format), never an allocation of its size")
+        parser.add_argument(
+            "--split_bytes", type=_split_bytes, default=DEFAULT_SPLIT_BYTES,
+            help="plain (not gzip) TFRecord and CSV files larger than this are read in ranges "
+                 "of this many bytes, by as many workers as there are ranges (0 = one reader "
+                 "per file)")
+        parser.add_argument(
+            "--reshuffle_batches", choices=["auto", "on", "off"], default="auto",
+            help="redistribute record batches across workers between reading and the model "
+                 "(a Reshuffle): auto = when the input gives fewer independent reads (files, "
+                 "ranges of large files; a gzip file is one) than the job has worker processes")
 
     @staticmethod
     def check_argv(argv: Sequence[str] | None = None) -> None:

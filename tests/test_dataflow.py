@@ -135,3 +135,24 @@ def test_setup_file_defaults_to_this_checkout_unless_the_image_has_the_code():
     assert options.view_as(SetupOptions).setup_file is None
     with pytest.raises(OptionsError, match="--setup_file /no/setup.py does not exist"):
         prepare_dataflow_options(PipelineOptions(base + ["--setup_file", "/no/setup.py"]))
+
+
+def test_read_step_is_splittable_and_batches_spread(dataflow_job):
+    """On Dataflow the read is a splittable DoFn (the service splits its block ranges up front
+    and, while it runs, rebalances them); one input file for 7 workers x 4 vCPUs is too few
+    reads to keep them busy, so record batches are reshuffled before the model."""
+    from apache_beam.portability.api import beam_runner_api_pb2
+    gcs = dataflow_job["gcs"]
+    name = next(n for n in gcs.list("gs://bp-df/staging") if n.endswith("pipeline.pb"))
+    proto = beam_runner_api_pb2.Pipeline.FromString(gcs.read_bytes(f"gs://bp-df/staging/{name}"))
+    by_name = {t.unique_name: t for t in proto.components.transforms.values()}
+
+    def pardo(step):  # the ParDo itself, under its composite
+        parts = [n for n, t in by_name.items() if n.startswith(step + "/")
+                 and t.spec.urn == "beam:transform:pardo:v1"]
+        assert len(parts) == 1, parts
+        return beam_runner_api_pb2.ParDoPayload.FromString(by_name[parts[0]].spec.payload)
+
+    assert pardo("Read/ReadBlocks").restriction_coder_id  # what makes a ParDo splittable
+    assert not pardo("ParseWithSpec").restriction_coder_id
+    assert dataflow_job["plan"].reshuffle and "SpreadBatches" in by_name

@@ -16,7 +16,7 @@ from pipeline.demo import demo_dtypes
 from transforms.model import open_model
 from transforms.parse import ParseWithSpecDoFn
 from transforms.predict import PredictDoFn, PredictionBatch
-from transforms.read import ReadShardDoFn
+from transforms.read import ReadBlocksDoFn
 from transforms.savedmodel import ModelConfig, SavedModelHandler
 from transforms.errors import ERROR_TYPES
 
@@ -41,7 +41,7 @@ def dofns(demo_model_base):
 
 def score_file(path: str, fmt: str, dofns) -> tuple[int, int, list[dict]]:
     """(records read, records predicted, error rows) for one file."""
-    reader = ReadShardDoFn(fmt, batch_size=7)
+    reader = ReadBlocksDoFn(fmt, batch_size=7)
     reader.setup()
     parse = ParseWithSpecDoFn(dofns["spec"], "id")
     parse.setup()
@@ -49,7 +49,7 @@ def score_file(path: str, fmt: str, dofns) -> tuple[int, int, list[dict]]:
     predict.start_bundle()
     errors, predicted, records = [], 0, None
     outputs = []
-    for out in reader.process(path):
+    for out in reader.process_file(path):
         outputs.append(out)
     staged = []
     parse.start_bundle()

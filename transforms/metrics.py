@@ -60,8 +60,8 @@ class ShardMetricsFn(beam.CombineFn):
     """Folds ("stats"|"call"|"predicted"|"error", value) events into one shard row."""
 
     def create_accumulator(self):
-        return {"records": 0, "read_errors": 0, "unreadable_tail": False, "shards": 0,
-                "predicted": 0, "errors": collections.Counter(), "calls": [],
+        return {"records": 0, "read_errors": 0, "unreadable_tail": False,
+                "workers": collections.Counter(), "predicted": 0, "errors": collections.Counter(), "calls": [],
                 "model_us": 0.0, "read_seconds": 0.0}
 
     def add_input(self, acc, event):
@@ -71,7 +71,7 @@ class ShardMetricsFn(beam.CombineFn):
             acc["read_errors"] += value["read_errors"]
             acc["unreadable_tail"] |= value["unreadable_tail"]
             acc["read_seconds"] += value.get("read_seconds", 0.0)
-            acc["shards"] += 1
+            acc["workers"][value.get("worker", "?")] += value["records"]
         elif kind == "call":
             micros, count, chunk = value
             acc["calls"].append(micros)
@@ -85,8 +85,9 @@ class ShardMetricsFn(beam.CombineFn):
     def merge_accumulators(self, accs):
         out = self.create_accumulator()
         for a in accs:
-            for k in ("records", "read_errors", "predicted", "shards"):
+            for k in ("records", "read_errors", "predicted"):
                 out[k] += a[k]
+            out["workers"].update(a["workers"])
             out["unreadable_tail"] |= a["unreadable_tail"]
             out["errors"].update(a["errors"])
             out["calls"].extend(a["calls"])
@@ -107,7 +108,8 @@ class ShardMetricsFn(beam.CombineFn):
             "model_records_per_s": round(predicted / (acc["model_us"] / 1e6), 1)
             if acc["model_us"] else None,
             "read_seconds": round(acc["read_seconds"], 3),
-            "shards": acc["shards"],
+            # records read per worker process (host:pid): how the reading was spread
+            "records_by_worker": dict(sorted(acc["workers"].items())),
         }
 
 
@@ -172,5 +174,4 @@ def shard_row(item) -> dict:
     shard, metrics = item
     row = {"shard": shard}
     row.update(metrics)
-    row.pop("shards")
     return row

@@ -13,20 +13,25 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import stat
 import time
 from typing import Iterator
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 
 from transforms import formats
 from transforms.errors import InputError
-from transforms.formats.base import DEFAULT_MAX_RECORD_BYTES, InputFormat
+from transforms.formats.base import (DEFAULT_MAX_RECORD_BYTES, InputFormat, SplitIndex,
+                                     is_gzip)
 from transforms.metrics import JobCounters
 from transforms.records import Batch
 
-__all__ = ["match_inputs", "tally", "ReadShardDoFn", "ReadRecordBatches"]
+__all__ = ["DEFAULT_SPLIT_BYTES", "match_inputs", "tally", "split_grid", "read_units",
+           "index_locally",
+           "ReadBlocksDoFn", "ReadRecordBatches"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -101,10 +106,128 @@ def tally(items: Iterator, stats: dict) -> Iterator:
             yield item
 
 
-# --- the DoFn and transform ---------------------------------------------------------------------
-class ReadShardDoFn(beam.DoFn):
-    """Reads one shard (file path) into batches with its input format (an InputFormat, or a
-    registered format's name); emits error rows and one shard-stats row."""
+# --- splitting ----------------------------------------------------------------------------------
+DEFAULT_SPLIT_BYTES = 64 << 20  # a read range: textio's default bundle size
+MIN_SPLIT_BYTES = 4096  # --split_bytes below this (but 0) is refused
+MAX_RANGES = 100_000  # per file: a larger file gets larger ranges
+SLICE_BLOCKS = 64  # blocks per element of the reading step (see SplitIndex.slices)
+WORKER = f"{socket.gethostname()}:{os.getpid()}"  # this worker process, in the read stats
+
+
+def split_grid(size: int, split_bytes: int) -> list[tuple[int, int]]:
+    """The fixed grid of [start, stop) ranges a file of `size` bytes is cut into: ranges of
+    `split_bytes`, or larger ones where that would make more than MAX_RANGES."""
+    step = max(split_bytes, -(-size // MAX_RANGES))
+    return [(a, min(a + step, size)) for a in range(0, size, step)]
+
+
+def read_units(files: list[tuple[str, int]], input_format: InputFormat,
+               split_bytes: int) -> int:
+    """How many independent reads the files give (what the plan weighs against the workers):
+    one per file, or one per range of a large file the format can split. A `.gz` name
+    counts as one (gzip is read as a whole; the workers check the bytes, this counts names)."""
+    if not input_format.splittable or split_bytes <= 0:
+        return len(files)
+    return sum(1 if size <= split_bytes or path.lower().endswith(".gz")
+               else len(split_grid(size, split_bytes)) for path, size in files)
+
+
+def index_locally(input_format: InputFormat, path: str, size: int, split_bytes: int,
+                  max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> SplitIndex:
+    """A file's SplitIndex, its ranges summarized one after the other in this process: what
+    the PlanSplits, SummarizeRanges and IndexFiles steps compute on workers (tools, tests)."""
+    if not (input_format.splittable and 0 < split_bytes < size) or is_gzip(path):
+        return SplitIndex(path, size)  # what PlanSplitsDoFn reads whole
+    parts = [(k, size, a, b, input_format.summarize_range(path, a, b, size, max_record_bytes))
+             for k, (a, b) in enumerate(split_grid(size, split_bytes))]
+    index = input_format.index_file(path, size, split_grid(size, split_bytes),
+                                    [p[4] for p in parts], max_record_bytes)
+    return index if index is not None else SplitIndex(path, size)
+
+
+class PlanSplitsDoFn(beam.DoFn):
+    """(path, size) -> the file's SplitIndex for reading it whole, or (tag "ranges") the
+    ranges of its grid, for a plain file larger than `split_bytes` that the format can split."""
+
+    def __init__(self, input_format: InputFormat, split_bytes: int):
+        self._format = input_format
+        self._split_bytes = split_bytes
+
+    def process(self, file: tuple[str, int]):
+        path, size = file
+        if (not self._format.splittable or self._split_bytes <= 0
+                or size <= self._split_bytes or is_gzip(path)):
+            yield SplitIndex(path, size)
+            return
+        grid = split_grid(size, self._split_bytes)
+        _LOG.info("read %s: %d ranges of %d bytes to index", path, len(grid), self._split_bytes)
+        for k, (a, b) in enumerate(grid):
+            yield beam.pvalue.TaggedOutput("ranges", (path, size, k, a, b))
+
+
+class SummarizeRangeDoFn(beam.DoFn):
+    """(path, size, k, start, stop) -> (path, (k, summary)): the format's look at one range."""
+
+    def __init__(self, input_format: InputFormat, max_record_bytes: int):
+        self._format = input_format
+        self._max_record_bytes = max_record_bytes
+
+    def process(self, item):
+        path, size, k, a, b = item
+        summary = self._format.summarize_range(path, a, b, size, self._max_record_bytes)
+        yield path, (k, size, a, b, summary)
+
+
+class IndexFileDoFn(beam.DoFn):
+    """(path, [(k, size, start, stop, summary)]) -> the file's SplitIndex (whole when the
+    format cannot settle its blocks), in slices of SLICE_BLOCKS blocks: the reading step's
+    elements stay small however large the file."""
+
+    def __init__(self, input_format: InputFormat, max_record_bytes: int):
+        self._format = input_format
+        self._max_record_bytes = max_record_bytes
+
+    def process(self, item):
+        path, parts = item
+        parts = sorted(parts, key=lambda part: part[0])
+        size = parts[0][1]
+        ranges = [(a, b) for _, _, a, b, _ in parts]
+        index = self._format.index_file(path, size, ranges, [p[4] for p in parts],
+                                        self._max_record_bytes)
+        if index is None:
+            yield SplitIndex(path, size)
+            return
+        _LOG.info("read %s: %d blocks", path, index.blocks)
+        yield from index.slices(SLICE_BLOCKS)
+
+
+class _BlocksProvider(beam.transforms.core.RestrictionProvider):
+    """A file's read restriction: the range of its blocks [first, last). Split up front into
+    single blocks, and on Dataflow split further while running (dynamic work rebalancing) at
+    block boundaries; sized in bytes, so the runner weighs work by what is left to read."""
+
+    def initial_restriction(self, index: SplitIndex) -> OffsetRange:
+        return OffsetRange(0, index.blocks)
+
+    def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
+        return OffsetRestrictionTracker(restriction)
+
+    def split(self, index: SplitIndex, restriction: OffsetRange):
+        for block in range(restriction.start, restriction.stop):
+            yield OffsetRange(block, block + 1)
+
+    def restriction_size(self, index: SplitIndex, restriction: OffsetRange) -> int:
+        if restriction.stop <= restriction.start:
+            return 0
+        return index.end(restriction.stop - 1) - index.starts[restriction.start]
+
+
+class ReadBlocksDoFn(beam.DoFn):
+    """Reads the blocks of a file its restriction holds (a whole file is one block) into
+    batches with its input format; emits error rows and one shard-stats row per restriction.
+
+    Each block is claimed before any of its records is emitted: a block belongs to exactly one
+    restriction however the runner splits them, so every record is read once."""
 
     def __init__(self, input_format: InputFormat | str, batch_size: int,
                  columns: list[str] | None = None,
@@ -118,18 +241,49 @@ class ReadShardDoFn(beam.DoFn):
     def setup(self):
         self._metrics = JobCounters()
 
-    def process(self, path: str):
+    def _block_items(self, index: SplitIndex, block: int, stats: dict) -> Iterator:
+        if not index.split:
+            return self._format.read_shard(index.path, self._batch_size, self._columns,
+                                           self._max_record_bytes, stats)
+        return self._format.read_block(index, block, self._batch_size, self._columns,
+                                       self._max_record_bytes, stats)
+
+    def process_file(self, path: str) -> Iterator:
+        """One whole file's outputs, in this process, without a runner (tools and tests)."""
+        size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+        yield from self.process(SplitIndex(path, size),
+                                tracker=OffsetRestrictionTracker(OffsetRange(0, 1)))
+
+    def process(self, index: SplitIndex,
+                tracker=beam.DoFn.RestrictionParam(_BlocksProvider())):
+        path = index.path
+        first = tracker.current_restriction().start
+        where = (path if not index.split
+                 else f"{path} [bytes {index.starts[first]}-...]")
         start = time.monotonic()
-        _LOG.info("read %s: start", path)
+        _LOG.info("read %s: start", where)
         stats = {"records": 0, "read_errors": 0, "unreadable_tail": False, "gzip": False,
-                 "bytes": 0}
-        yield from tally(self._format.read_shard(path, self._batch_size, self._columns,
-                                                 self._max_record_bytes, stats), stats)
+                 "bytes": 0, "files": 0, "blocks": 0, "worker": WORKER}
+        block = first
+        while tracker.try_claim(block):
+            part = {"records": 0, "read_errors": 0, "unreadable_tail": False, "gzip": False,
+                    "bytes": 0}
+            yield from tally(self._block_items(index, block, part), part)
+            for k in ("records", "read_errors", "bytes"):
+                stats[k] += part[k]
+            stats["unreadable_tail"] |= part["unreadable_tail"]
+            stats["gzip"] |= part["gzip"]
+            stats["files"] += index.is_file_start(block)  # counts the file once
+            stats["blocks"] += 1
+            block += 1
         self._metrics.input_bytes.inc(stats["bytes"])
         self._metrics.records_in.inc(stats["records"])
         self._metrics.read_errors.inc(stats["read_errors"])
         stats["read_seconds"] = round(time.monotonic() - start, 3)
-        _LOG.info("read %s: %d records (%d unreadable) in %.1fs", path, stats["records"],
+        if index.split:
+            where = f"{path} [bytes {index.starts[first]}-{index.end(block - 1)}]" \
+                if block > first else f"{path} [no block]"
+        _LOG.info("read %s: %d records (%d unreadable) in %.1fs", where, stats["records"],
                   stats["read_errors"], stats["read_seconds"])
         yield beam.pvalue.TaggedOutput("shard_stats", (path, stats))
 
@@ -137,25 +291,53 @@ class ReadShardDoFn(beam.DoFn):
 class ReadRecordBatches(beam.PTransform):
     """Files -> batches of records from one shard each (+ 'errors', 'shard_stats' outputs).
 
-    `input_format` is a registered format's name, looked up here, at construction: the step
-    carries the format itself to the workers."""
+        ListShards | SpreadShards | PlanSplits --------------------------------+
+                                              \ ranges | SpreadRanges          |
+                                                | SummarizeRanges | GroupRanges | IndexFiles
+                                                                                |
+                                                      Flatten | ReadBlocks (splittable)
+
+    A file is read whole unless its format can split it, it is plain (not gzip) and larger
+    than `split_bytes` (0: never split): then every range of its grid is summarized in
+    parallel, the summaries become the file's blocks, and the reading step (a splittable
+    DoFn over block ranges) reads blocks wherever the runner sends them. `input_format` is a
+    registered format's name, looked up here, at construction: the steps carry the format
+    itself to the workers."""
 
     def __init__(self, files: list[str], input_format: str, batch_size: int,
                  columns: list[str] | None = None,
-                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES):
+                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+                 split_bytes: int = DEFAULT_SPLIT_BYTES, sizes: list[int] | None = None):
         super().__init__()
         self._format = formats.input_format(input_format)
         self._files = list(files)
+        self._sizes = list(sizes) if sizes is not None else None
         self._batch_size = batch_size
         self._columns = columns
         self._max_record_bytes = max_record_bytes
+        self._split_bytes = split_bytes
 
     def expand(self, pbegin):
-        return (pbegin
-                | "ListShards" >> beam.Create(self._files, reshuffle=False)
-                | "SpreadShards" >> beam.Reshuffle()
-                | "ReadShards" >> beam.ParDo(ReadShardDoFn(self._format, self._batch_size,
-                                                             self._columns,
-                                                             self._max_record_bytes))
+        sizes = self._sizes
+        if sizes is None:
+            sizes = [m.size_in_bytes for f in self._files
+                     for m in FileSystems.match([f])[0].metadata_list[:1]]
+        planned = (pbegin
+                   | "ListShards" >> beam.Create(list(zip(self._files, sizes)), reshuffle=False)
+                   | "SpreadShards" >> beam.Reshuffle()
+                   | "PlanSplits" >> beam.ParDo(PlanSplitsDoFn(self._format, self._split_bytes))
+                   .with_outputs("ranges", main="whole"))
+        indexed = (planned.ranges
+                   | "SpreadRanges" >> beam.Reshuffle()
+                   | "SummarizeRanges" >> beam.ParDo(SummarizeRangeDoFn(
+                       self._format, self._max_record_bytes))
+                   | "GroupRanges" >> beam.GroupByKey()
+                   | "IndexFiles" >> beam.ParDo(IndexFileDoFn(self._format,
+                                                              self._max_record_bytes)))
+        return ((planned.whole, indexed)
+                | "AllFiles" >> beam.Flatten()
+                | "ReadBlocks" >> beam.ParDo(ReadBlocksDoFn(self._format, self._batch_size,
+                                                            self._columns,
+                                                            self._max_record_bytes))
                 .with_output_types(Batch)
                 .with_outputs("errors", "shard_stats", main="batches"))

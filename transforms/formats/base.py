@@ -68,6 +68,11 @@ class SplitIndex:
     every record, error rows included, exactly as the serial reader numbers them) and
     `first_line[k]` the line number of its first line (CSV; 0 for other formats). `header`
     is what a CSV file's first block begins with (its column names), for the blocks after it.
+
+    A large file's index is handed to the reading step in slices of consecutive blocks
+    (`slices`), so that no element carries the whole index: a slice numbers its blocks from 0,
+    `first_block` is its first block's number in the file (block 0 of the file is the one that
+    starts with a CSV header: `is_file_start`), and `stop` is where its last block ends.
     """
     path: str
     size: int
@@ -76,13 +81,33 @@ class SplitIndex:
     first_index: tuple = (0,)
     first_line: tuple = (0,)
     header: tuple | None = None
+    first_block: int = 0
+    stop: int | None = None
 
     @property
     def blocks(self) -> int:
         return len(self.starts)
 
     def end(self, block: int) -> int:
-        return self.starts[block + 1] if block + 1 < len(self.starts) else self.size
+        if block + 1 < len(self.starts):
+            return self.starts[block + 1]
+        return self.size if self.stop is None else self.stop
+
+    def is_file_start(self, block: int) -> bool:
+        return self.first_block + block == 0
+
+    def slices(self, max_blocks: int) -> list[SplitIndex]:
+        """This index as consecutive slices of at most `max_blocks` blocks."""
+        if self.blocks <= max_blocks:
+            return [self]
+        out = []
+        for a in range(0, self.blocks, max_blocks):
+            b = min(a + max_blocks, self.blocks)
+            out.append(dataclasses.replace(
+                self, starts=self.starts[a:b], first_index=self.first_index[a:b],
+                first_line=self.first_line[a:b], first_block=self.first_block + a,
+                stop=self.end(b - 1)))
+        return out
 
     def block_bytes(self, block: int) -> int:
         return self.end(block) - self.starts[block]
