@@ -16,6 +16,12 @@ Sections (`--only`, default all):
                 variant's start-up and per-record cost are fitted apart
   batch         --batch_size sweep (small TFRecord/CSV, heavy TFRecord): e2e examples/s per
                 batch size, relative to the default within each round
+  split         one large file per input format (--split_rows records, small model): read
+                whole (--split_bytes 0, the serial reader) vs in ranges of --split_bytes_bench
+                bytes, in one process and with 2 workers, and the whole file with 2 workers
+                with and without --reshuffle_batches; CPU µs/record of the ranged reader against
+                the serial one, and how many worker processes read the file (its row of the
+                run's metrics/shard_latency)
 
 Every measurement is a fresh subprocess (see benchmarks.common). Models and data are cached in
 --data_dir; outputs and logs go to --work_dir. The report is printed and written to
@@ -24,6 +30,7 @@ WORK_DIR/report.md (raw numbers: WORK_DIR/results.json).
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -34,21 +41,24 @@ import time
 from benchmarks import common
 from benchmarks import data as bdata
 from benchmarks.common import ChildFailed, run_child
-from benchmarks.report import MP_LABEL, machine, report
+from benchmarks.report import MP_LABEL, SPLIT_LABELS, machine, report
 
 __all__ = ["SECTIONS", "DEFAULTS", "QUICK", "Bench", "parse_args", "main"]
 
-SECTIONS = ("main", "scaling", "startup", "multiprocess", "batch")
+SECTIONS = ("main", "scaling", "startup", "multiprocess", "batch", "split")
 # Sizes: about 10 s of TF-alone work per run on a 2-core host, so the main table measures
 # throughput; the ~1 s a job spends before its first prediction has its own section (startup).
 # Multi-process at 120k and 480k: the workers' start-up (seconds) needs input to amortise; at
 # 100 records a run is almost all start-up, which pins each variant's fixed cost.
+# Split: 16 MiB ranges cut the 1M-record files (240 MiB TFRecord, 185 MiB CSV) into 15 and 12
+# ranges (--quick: 2 MiB, as many for 100k records).
 DEFAULTS = {"rows": 1_000_000, "heavy_rows": 120_000, "repeats": 3,
             "scaling": "100000,500000,1000000,2000000", "output_formats": "jsonl,csv",
-            "mp_rows": "100,120000,480000", "batch_sizes": "1024,2048,4096,8192,16384,auto"}
+            "mp_rows": "100,120000,480000", "batch_sizes": "1024,2048,4096,8192,16384,auto",
+            "split_rows": 1_000_000, "split_bytes_bench": 16 << 20}
 QUICK = {"rows": 100_000, "heavy_rows": 10_000, "repeats": 1,
          "scaling": "50000,200000", "output_formats": "jsonl", "mp_rows": "100,10000",
-         "batch_sizes": "2048,8192"}
+         "batch_sizes": "2048,8192", "split_rows": 100_000, "split_bytes_bench": 2 << 20}
 MP_ARGS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
 ONE_THREAD = ["--tf_intra_op_threads=1"]
 TWO_CALLS = ["--concurrent_model_calls=2"]
@@ -60,6 +70,29 @@ MP_VARIANTS = [("1 process", []), (MP_LABEL, MP_ARGS),
                ("1 process, --concurrent_model_calls 2 --tf_intra_op_threads 1",
                 TWO_CALLS + ONE_THREAD)]
 BATCH_CASES = (("small", "tfrecord"), ("small", "csv"), ("heavy", "tfrecord"))
+
+
+def split_variants(split_bytes: int) -> list[tuple[str, list[str]]]:
+    """The split section's variants, in SPLIT_LABELS order: the serial reader, the ranged one
+    in one process and with 2 workers, and the whole file with 2 workers without and with the
+    Reshuffle of record batches before the model."""
+    whole, ranged = ["--split_bytes=0"], [f"--split_bytes={split_bytes}"]
+    extras = [whole, ranged, ranged + MP_ARGS, whole + ["--reshuffle_batches=off"] + MP_ARGS,
+              whole + ["--reshuffle_batches=on"] + MP_ARGS]
+    return list(zip(SPLIT_LABELS, extras))
+
+
+def file_readers(out_dir: str, path: str) -> dict:
+    """`records_by_worker` ({"host:pid": records}) of the input file `path` from a finished
+    run's metrics/shard_latency-*.jsonl ({} when the file has no row)."""
+    name = os.path.basename(path)
+    for part in sorted(glob.glob(os.path.join(out_dir, "metrics", "shard_latency-*.jsonl"))):
+        with open(part) as fh:
+            for line in fh:
+                row = json.loads(line) if line.strip() else {}
+                if os.path.basename(str(row.get("shard", ""))) == name:
+                    return {"records_by_worker": row.get("records_by_worker")}
+    return {}
 
 
 def parse_args(argv):
@@ -81,6 +114,11 @@ def parse_args(argv):
                                      f"{DEFAULTS['mp_rows']})")
     p.add_argument("--batch_sizes", help=f"--batch_size values for the batch section (default "
                                          f"{DEFAULTS['batch_sizes']})")
+    p.add_argument("--split_rows", type=int, help="records of the split section's one large "
+                                                  f"file (default {DEFAULTS['split_rows']:,})")
+    p.add_argument("--split_bytes_bench", type=int,
+                   help="--split_bytes of the split section's ranged runs (default "
+                        f"{DEFAULTS['split_bytes_bench']:,} = 16 MiB)")
     p.add_argument("--only", default=",".join(SECTIONS), help="sections to run")
     p.add_argument("--pipeline_args", default="",
                    help="extra flags for every pipeline run, e.g. '--batch_size=4096'")
@@ -122,9 +160,10 @@ class Bench:
         self.n = 0
 
     # -- children ----------------------------------------------------------------------------
-    def _child(self, module, args, label, writes=False):
+    def _child(self, module, args, label, writes=False, inspect=None):
         """One child process; with `writes`, "{out}" in args is a fresh output dir, removed
-        afterwards unless --keep_outputs."""
+        afterwards unless --keep_outputs; `inspect(out_dir)` -> dict, merged into the result,
+        reads that dir before it goes."""
         self.n += 1
         name = f"{self.n:03d}-{label}"
         out = os.path.join(self.work, "out", name)
@@ -132,7 +171,10 @@ class Bench:
             shutil.rmtree(out, ignore_errors=True)
             args = [out if a == "{out}" else a for a in args]
         try:
-            return run_child(module, args, os.path.join(self.work, "logs"), name)
+            result = run_child(module, args, os.path.join(self.work, "logs"), name)
+            if inspect is not None:
+                result.update(inspect(out))
+            return result
         finally:
             if writes and not self.args.keep_outputs:
                 shutil.rmtree(out, ignore_errors=True)
@@ -141,12 +183,15 @@ class Bench:
         return self._child("benchmarks.tf_alone",
                            ["--model", model, "--input", pattern, "--format", fmt], f"tf-{fmt}")
 
-    def pipeline(self, model, pattern, out_fmt, extra=(), label="pipe", cli=False):
-        """One job in a fresh process; `cli`: `python -m pipeline` itself, spawn to exit."""
+    def pipeline(self, model, pattern, out_fmt, extra=(), label="pipe", cli=False,
+                 inspect=None):
+        """One job in a fresh process; `cli`: `python -m pipeline` itself, spawn to exit;
+        `inspect`: see _child."""
         argv = (["--cli"] if cli else []) + [
             "--", "--model", model, "--input", pattern, "--output", "{out}", "--key_field",
             "id", "--output_format", out_fmt] + list(extra) + self.args.pipeline_args.split()
-        return self._child("benchmarks.pipeline_child", argv, f"{label}-{out_fmt}", writes=True)
+        return self._child("benchmarks.pipeline_child", argv, f"{label}-{out_fmt}", writes=True,
+                           inspect=inspect)
 
     def peer(self, model, pattern, in_fmt, out_fmt):
         return self._child("benchmarks.runinference",
@@ -162,6 +207,18 @@ class Bench:
 
     def pattern(self, rows, fmt="tfrecord"):
         return bdata.patterns(bdata.data_dir(self.args.data_dir, rows))[fmt]
+
+    def run_variants(self, rec, model, pattern, variants, what, rnd, label, inspect=None):
+        """Each (name, extra flags) of `variants`: one job on `pattern` -> jsonl, its result in
+        rec["variants"][name]; a failed job is kept as {"failed": its log's tail}."""
+        for name, extra in variants:
+            log(f"{what}: {name} (round {rnd + 1}/{self.args.repeats})")
+            try:
+                rec["variants"][name] = self.pipeline(self.model(model), pattern, "jsonl",
+                                                      extra, label=label, inspect=inspect)
+            except ChildFailed as e:
+                log(f"  FAILED: {str(e)[:2000]}")
+                rec["variants"][name] = {"failed": str(e)[-2000:]}
 
     def save(self):
         with open(os.path.join(self.work, "results.json"), "w") as fh:
@@ -184,15 +241,18 @@ class Bench:
             models |= {"small", "heavy"}
         if "startup" in a.only:
             rows.add(100)
-        if {"scaling", "startup"} & set(a.only):
+        if {"scaling", "startup", "split"} & set(a.only):
             models.add("small")
         scaling = a.scaling if "scaling" in a.only else []
+        split = [a.split_rows] if "split" in a.only else []
         cmd = ["--root", a.data_dir, "--models", ",".join(sorted(models)),
                "--scaling", ",".join(map(str, scaling))]
         for r in sorted(rows):
             cmd += ["--rows", str(r)]
+        for r in split:
+            cmd += ["--split", str(r)]
         log(f"preparing models {sorted(models)} and data {sorted(rows)} "
-            f"(+ scaling {scaling}) in {a.data_dir}")
+            f"(+ scaling {scaling}, + split {split}) in {a.data_dir}")
         out = run_child("benchmarks.data", cmd, os.path.join(self.work, "logs"), "data")
         log(f"data ready ({out['seconds']}s)")
 
@@ -253,15 +313,8 @@ class Bench:
         for rnd in range(a.repeats):
             for rows in a.mp_rows:
                 rec = {"round": rnd, "model": "heavy", "rows": rows, "variants": {}}
-                for label, extra in MP_VARIANTS:
-                    log(f"multiprocess heavy {rows} records: {label} "
-                        f"(round {rnd + 1}/{a.repeats})")
-                    try:
-                        rec["variants"][label] = self.pipeline(
-                            self.model("heavy"), self.pattern(rows), "jsonl", extra, label="mp")
-                    except ChildFailed as e:
-                        log(f"  FAILED: {str(e)[:2000]}")
-                        rec["variants"][label] = {"failed": str(e)[-2000:]}
+                self.run_variants(rec, "heavy", self.pattern(rows), MP_VARIANTS,
+                                  f"multiprocess heavy {rows} records", rnd, "mp")
                 self.results["multiprocess"].append(rec)
                 self.save()
 
@@ -276,6 +329,28 @@ class Bench:
                         self.model(m), self.pattern(self.rows(m), f), "jsonl",
                         [f"--batch_size={size}"], label="bs")
                 self.results["batch"].append(rec)
+                self.save()
+
+    def run_split(self):
+        a = self.args
+        files = bdata.split_files(a.data_dir, a.split_rows)
+        for f in a.formats:  # read once ahead: every variant, the first too, reads from the cache
+            with open(files[f], "rb") as fh:
+                while fh.read(16 << 20):
+                    pass
+        for rnd in range(a.repeats):
+            for f in a.formats:
+                rec = {"round": rnd, "model": "small", "format": f, "rows": a.split_rows,
+                       "split_bytes": a.split_bytes_bench, "variants": {}}
+                self.run_variants(rec, "small", files[f], split_variants(a.split_bytes_bench),
+                                  f"split: one {f} file of {a.split_rows} records", rnd,
+                                  f"split-{f}",
+                                  inspect=lambda out, path=files[f]: file_readers(out, path))
+                for label, r in rec["variants"].items():
+                    if r.get("records", a.split_rows) != a.split_rows:
+                        log(f"WARNING: split {f} {label} wrote {r['records']} predictions of "
+                            f"{a.split_rows} records")
+                self.results["split"].append(rec)
                 self.save()
 
 

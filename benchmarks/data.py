@@ -9,9 +9,12 @@ Layout (everything is reused when its `.done` marker exists):
     scaling/rows-N/            4 shards, each the concatenation of N/SCALING_UNIT copies of
                                the base shard (TFRecord frames concatenate; CSV without the
                                repeated header), so large inputs cost seconds to make
+    split/rows-N/              one plain TFRecord file and one CSV file of the same N rows
+                               (unique ids), written SPLIT_CHUNK rows at a time: the large
+                               single files that the pipeline reads in ranges (--split_bytes)
 
 Run as a child: `python -m benchmarks.data --result F --root DIR --rows 100000 --rows 20000
---models small,heavy --scaling 100000,2000000`.
+--models small,heavy --scaling 100000,2000000 --split 1000000`.
 """
 from __future__ import annotations
 
@@ -22,12 +25,13 @@ import shutil
 import time
 
 __all__ = ["MODELS", "SCALING_UNIT", "model_base", "data_dir", "scaling_dir", "scaling_rows",
-           "patterns", "resolve_model", "csv_column_defaults", "ensure_model", "ensure_data",
-           "ensure_scaling"]
+           "split_dir", "split_files", "patterns", "resolve_model", "csv_column_defaults",
+           "ensure_model", "ensure_data", "ensure_scaling", "ensure_split"]
 
 MODELS = {"small": (256, 256), "heavy": (2048, 2048, 2048)}
 SHARDS = 4
 SCALING_UNIT = 50_000  # rows in scaling/base (all shards together)
+SPLIT_CHUNK = 100_000  # rows generated at a time for the single large files of split/
 VERSION = "1700000000"
 
 
@@ -46,6 +50,17 @@ def scaling_dir(root: str, rows: int) -> str:
 def scaling_rows(rows: int) -> int:
     """Scaling inputs are whole multiples of SCALING_UNIT."""
     return max(1, round(rows / SCALING_UNIT)) * SCALING_UNIT
+
+
+def split_dir(root: str, rows: int) -> str:
+    return os.path.join(root, "split", f"rows-{rows}")
+
+
+def split_files(root: str, rows: int) -> dict:
+    """{format: path} of the one large file per input format in split_dir."""
+    directory = split_dir(root, rows)
+    return {"tfrecord": os.path.join(directory, "part-00000.tfrecord"),
+            "csv": os.path.join(directory, "part-00000.csv")}
 
 
 def patterns(directory: str) -> dict:
@@ -146,6 +161,32 @@ def ensure_scaling(root: str, rows: int) -> str:
     return path
 
 
+def ensure_split(root: str, rows: int) -> str:
+    """One TFRecord file and one CSV file of `rows` rows each (ids r0..r{rows-1}), built
+    SPLIT_CHUNK rows at a time (each chunk its own seed) and appended, so memory stays flat."""
+    from pipeline import demo
+    path = split_dir(root, rows)
+    meta = {"rows": rows, "chunk": SPLIT_CHUNK}
+    if not _done(path, meta):
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path)
+        files = split_files(root, rows)
+        chunk_path = os.path.join(path, "chunk")
+        for k, start in enumerate(range(0, rows, SPLIT_CHUNK)):
+            part = demo.demo_rows(min(SPLIT_CHUNK, rows - start), seed=200 + k, start_id=start)
+            for ext, write in (("tfrecord", demo.write_tfrecords), ("csv", demo.write_csv)):
+                write(part, chunk_path)
+                with open(chunk_path, "rb") as fh:
+                    blob = fh.read()
+                if ext == "csv" and start:  # one header, at the top
+                    blob = blob.split(b"\n", 1)[1]
+                with open(files[ext], "ab") as out:
+                    out.write(blob)
+        os.remove(chunk_path)
+        _mark(path, meta)
+    return path
+
+
 def main(argv=None) -> int:
     from benchmarks.common import child_args, write_result
     parser = argparse.ArgumentParser(prog="python -m benchmarks.data")
@@ -153,15 +194,19 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="small,heavy")
     parser.add_argument("--rows", type=int, action="append", default=[])
     parser.add_argument("--scaling", default="")
+    parser.add_argument("--split", type=int, action="append", default=[],
+                        help="rows of the single large files (split/rows-N)")
     args = child_args(parser, argv)
     start = time.time()
-    out = {"models": {}, "data": {}, "scaling": {}}
+    out = {"models": {}, "data": {}, "scaling": {}, "split": {}}
     for name in filter(None, args.models.split(",")):
         out["models"][name] = ensure_model(args.root, name)
     for rows in args.rows:
         out["data"][str(rows)] = ensure_data(args.root, rows)
     for rows in filter(None, args.scaling.split(",")):
         out["scaling"][str(scaling_rows(int(rows)))] = ensure_scaling(args.root, int(rows))
+    for rows in args.split:
+        out["split"][str(rows)] = ensure_split(args.root, rows)
     out["seconds"] = round(time.time() - start, 1)
     write_result(args.result, out)
     return 0

@@ -12,13 +12,18 @@ import time
 
 from benchmarks.common import fmt, markdown_table, med, pct, ratio_span, ratios, span
 
-__all__ = ["TARGETS", "MP_LABEL", "machine", "report", "tf_reference", "valid_rounds",
-           "main_tables", "scaling_table", "linear_fit", "startup_table", "multiprocess_table",
-           "batch_table"]
+__all__ = ["TARGETS", "MP_LABEL", "SPLIT_LABELS", "SPLIT_CPU_TARGET", "machine", "report",
+           "tf_reference", "valid_rounds", "main_tables", "scaling_table", "linear_fit",
+           "startup_table", "multiprocess_table", "batch_table", "split_table"]
 
 # (b)/(a) end to end that the pipeline must reach, per model size
 TARGETS = {"small": 0.50, "heavy": 0.90}
 MP_LABEL = "2 workers, multi_processing"  # the variant judged against one process
+# the split section's variants, (1) to (5): see benchmarks.__main__.split_variants
+SPLIT_LABELS = ("1 process, whole file", "1 process, split", "2 workers, split",
+                "2 workers, whole file, no reshuffle", "2 workers, whole file, reshuffled")
+# (2)/(1) CPU µs per record at most this: the ranged reader costs at most 5% more per record
+SPLIT_CPU_TARGET = 1.05
 
 
 def machine() -> dict:
@@ -63,6 +68,8 @@ def report(results: dict, args, m: dict | None = None, date: str | None = None) 
         out += multiprocess_table(results["multiprocess"])
     if results.get("batch"):
         out += batch_table(results["batch"])
+    if results.get("split"):
+        out += split_table(results["split"])
     return "\n".join(out) + "\n"
 
 
@@ -265,15 +272,14 @@ def multiprocess_table(all_recs) -> list[str]:
         base = labels[0]
 
         def vals(label, key, rs=recs):
-            return [_g(r["variants"].get(label), key) for r in rs]
+            return _variant_vals(rs, label, key)
         rows = []
         for label in labels:
-            failed = sum(1 for r in recs if "failed" in (r["variants"].get(label) or {}))
             rows.append([label, span(vals(label, "e2e_eps")),
                          ratio_span(vals(label, "e2e_eps"), vals(base, "e2e_eps")),
                          span(vals(label, "process_wall_s")),
                          ratio_span(vals(base, "process_wall_s"), vals(label, "process_wall_s")),
-                         span(vals(label, "peak_rss_mb")), f"{failed} failed" if failed else ""])
+                         span(vals(label, "peak_rss_mb")), _failed(recs, label)])
         best = med(ratios(vals(MP_LABEL, "e2e_eps"), vals(base, "e2e_eps")))
         out += [f"## Multi-process DirectRunner, heavy model ({n:,} records, "
                 "TFRecord -> jsonl)", "",
@@ -289,6 +295,16 @@ def multiprocess_table(all_recs) -> list[str]:
                     f"{'met' if best >= 1.0 else 'NOT met'} at {n:,} records "
                     f"({pct(best)}, {MP_LABEL} with default settings, median over rounds).", ""]
     return out + _multiprocess_lines(all_recs)
+
+
+def _variant_vals(recs, label, key) -> list:
+    """`key` of variant `label` in each round (None where it failed or is missing)."""
+    return [_g(r["variants"].get(label), key) for r in recs]
+
+
+def _failed(recs, label) -> str:
+    failed = sum(1 for r in recs if "failed" in (r["variants"].get(label) or {}))
+    return f"{failed} failed" if failed else ""
 
 
 def _multiprocess_lines(recs) -> list[str]:
@@ -371,3 +387,78 @@ def batch_table(recs) -> list[str]:
             markdown_table(["model", "input", "records", "--batch_size", "ex/s e2e",
                             f"vs {int(base):,}", "ex/s steady", "peak RSS MB"], rows), ""]
 
+
+
+# --- one large file: the ranged reader ---------------------------------------------------------
+def _readers(run) -> tuple:
+    """(worker processes that read the file, the largest one's share of its records) of one
+    run, from its records_by_worker; (None, None) without it."""
+    by = _g(run, "records_by_worker")
+    counts = [n for n in (by or {}).values() if n]
+    if not counts:
+        return None, None
+    return len(counts), max(counts) / sum(counts)
+
+
+def _pct1(v) -> str:
+    """A ratio in percent to one decimal: near a 105% target, 104.6% is not 105%."""
+    return f"{100 * v:.1f}%"
+
+
+def _miscounted(recs, label) -> str:
+    """Rounds where variant `label` wrote another number of predictions than the file has."""
+    n = sum(1 for r in recs if _g(r["variants"].get(label), "records") not in (None, r["rows"]))
+    return f"{n} with other record counts" if n else ""
+
+
+def split_table(recs) -> list[str]:
+    groups: dict = {}
+    for r in recs:
+        groups.setdefault((r["format"], r["rows"], r["split_bytes"]), []).append(r)
+    rows, ratio_rows, verdicts = [], [], []
+    one, ranged, two = SPLIT_LABELS[:3]
+    for (f, n, split_bytes), rs in groups.items():
+        def vals(label, key, rs=rs):
+            return _variant_vals(rs, label, key)
+        for k, label in enumerate(SPLIT_LABELS, 1):
+            spread = [_readers(r["variants"].get(label)) for r in rs]
+            rows.append([f, f"({k}) {label}", span(vals(label, "e2e_eps")),
+                         span(vals(label, "cpu_us_per_record")),
+                         span(vals(label, "process_wall_s")), span(vals(label, "peak_rss_mb")),
+                         span([x[0] for x in spread], lambda v: f"{v:g}"),
+                         span([x[1] for x in spread], pct),
+                         ", ".join(filter(None, (_failed(rs, label), _miscounted(rs, label))))])
+        cpu = ratios(vals(ranged, "cpu_us_per_record"), vals(one, "cpu_us_per_record"))
+        cpu_med = med(cpu)
+        verdict = "-" if cpu_med is None else "met" if cpu_med <= SPLIT_CPU_TARGET else "NOT met"
+        verdicts.append(f"{f} {verdict}" + (f" ({_pct1(cpu_med)})" if cpu_med else ""))
+        ratio_rows.append([f, f"{n:,}", f"{split_bytes:,}", span(cpu, _pct1), verdict,
+                           ratio_span(vals(two, "e2e_eps"), vals(ranged, "e2e_eps")),
+                           ratio_span(vals(two, "e2e_eps"), vals(one, "e2e_eps")),
+                           ratio_span(vals(two, "process_wall_s"), vals(ranged, "process_wall_s")),
+                           ratio_span(vals(two, "process_wall_s"), vals(one, "process_wall_s"))])
+    n_rounds = max(len(v) for v in groups.values())
+    return ["## One large file: reading it in ranges (small model, -> jsonl)", "",
+            f"median (min–max) over {n_rounds} round(s). One plain file per input format, "
+            "read (1) whole by one reader (`--split_bytes 0`, the serial reader), (2) in ranges "
+            "of `--split_bytes` bytes in one process, (3) the same with "
+            "`--direct_num_workers=2 --direct_running_mode=multi_processing`, and whole with 2 "
+            "workers (4) without and (5) with the Reshuffle of record batches before the model "
+            "(`--reshuffle_batches off|on`). ex/s e2e = records / run() wall (imports "
+            "excluded); CPU µs/record over run() (the workers' CPU included once reaped); "
+            "process wall = spawn to exit. Readers = worker processes with records of the file "
+            "in its metrics/shard_latency row (`records_by_worker`); largest = the share of the "
+            "busiest one.", "",
+            markdown_table(["input", "variant", "ex/s e2e", "CPU µs/record", "process wall s",
+                            "peak RSS MB", "readers", "largest reader", ""], rows), "",
+            "### Ratios within each round", "",
+            "(2)/(1) CPU = the ranged reader's CPU µs per record against the serial one's "
+            f"(target at most {pct(SPLIT_CPU_TARGET)}, median over rounds); e2e ratios: above "
+            "100% = more examples/s; wall ratios = process wall over process wall: below 100% "
+            "= done sooner.", "",
+            markdown_table(["input", "records", "--split_bytes", "(2)/(1) CPU µs/record",
+                            f"target <= {pct(SPLIT_CPU_TARGET)}", "(3)/(2) e2e", "(3)/(1) e2e",
+                            "(3)/(2) wall", "(3)/(1) wall"], ratio_rows), "",
+            f"target (the ranged reader's CPU per record at most "
+            f"{pct(SPLIT_CPU_TARGET - 1)} above the serial reader's, small model): "
+            + "; ".join(verdicts) + ".", ""]

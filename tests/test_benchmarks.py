@@ -133,6 +133,81 @@ def test_multiprocess_start_up_and_per_record_cost_are_taken_apart():
     assert "NOT met at 120,000 records (81%" in out and "met at 480,000 records (102%" in out
 
 
+def _split(fmt, rnd, cpu, e2e, wall, workers):
+    """One round of the split section: per variant (1)..(5) its CPU µs/record, e2e ex/s,
+    process wall and records_by_worker."""
+    return {"round": rnd, "model": "small", "format": fmt, "rows": 1_000_000,
+            "split_bytes": 16 << 20,
+            "variants": {label: {"cpu_us_per_record": c, "e2e_eps": e, "process_wall_s": w,
+                                 "peak_rss_mb": 800.0, "records_by_worker": by,
+                                 "records": 1_000_000}
+                         for label, c, e, w, by in zip(report.SPLIT_LABELS, cpu, e2e, wall,
+                                                       workers)}}
+
+
+def test_split_section_ratios_readers_and_the_cpu_target():
+    """(2)/(1) CPU per record against the +5% target, median over rounds; (3) against (2) and
+    (1) in e2e and process wall within each round; readers and the busiest one's share from
+    records_by_worker (a worker with 0 records did not read); failed runs and runs that wrote
+    another number of predictions are counted."""
+    one = {"h:1": 1_000_000}
+    two = {"h:2": 600_000, "h:3": 400_000}
+    idle = {"h:2": 1_000_000, "h:3": 0}
+    workers = [one, one, two, idle, idle]
+    recs = [_split("tfrecord", 0, [10.0, 10.4, 11, 11, 11], [100e3, 100e3, 150e3, 90e3, 120e3],
+                   [12.0, 12.0, 10.0, 14.0, 12.0], workers),
+            _split("tfrecord", 1, [10.0, 10.2, 11, 11, 11], [100e3, 80e3, 160e3, 90e3, 120e3],
+                   [12.0, 15.0, 9.0, 14.0, 12.0], workers),
+            _split("csv", 0, [10.0, 10.8, 11, 11, 11], [100e3] * 5, [12.0] * 5, workers)]
+    recs[1]["variants"][report.SPLIT_LABELS[4]] = {"failed": "log tail"}
+    recs[1]["variants"][report.SPLIT_LABELS[3]]["records"] = 999_000
+    out = "\n".join(report.split_table(recs))
+    cells = {(c[0], c[1]): c[2:]
+             for c in ([x.strip() for x in line.strip("|").split("|")]
+                       for line in out.splitlines() if line.startswith("| "))}
+    ranged = cells[("tfrecord", "(3) 2 workers, split")]
+    assert ranged[-3:] == ["2 (2–2)", "60% (60%–60%)", ""]  # readers, largest share, failed
+    whole = cells[("tfrecord", "(4) 2 workers, whole file, no reshuffle")]
+    assert whole[-3:-1] == ["1 (1–1)", "100% (100%–100%)"]
+    assert whole[-1] == "1 with other record counts"
+    assert cells[("tfrecord", "(5) 2 workers, whole file, reshuffled")][-1] == "1 failed"
+    # ratios: tfrecord CPU 104% and 102% -> median 103.0%; (3)/(2) e2e 150% and 200%,
+    # (3)/(1) e2e 150% and 160%, (3)/(2) wall 83% and 60%, (3)/(1) wall 83% and 75%
+    assert cells[("tfrecord", "1,000,000")] == [
+        "16,777,216", "103.0% (102.0%–104.0%)", "met", "175% (150%–200%)",
+        "155% (150%–160%)", "72% (60%–83%)", "79% (75%–83%)"]
+    assert cells[("csv", "1,000,000")][1:3] == ["108.0%", "NOT met"]
+    assert "tfrecord met (103.0%); csv NOT met (108.0%)." in out
+
+
+def test_split_data_is_one_file_per_format_and_its_reader_row_is_found(tmp_path, monkeypatch):
+    """The split section's input: one TFRecord and one CSV file of the same rows, written in
+    chunks (one CSV header, unique ids); file_readers finds that file's row in a run's
+    metrics."""
+    import csv
+    import json
+    import tensorflow as tf
+    from benchmarks import data as bdata
+    from benchmarks.__main__ import file_readers, split_variants
+    monkeypatch.setattr(bdata, "SPLIT_CHUNK", 1000)
+    bdata.ensure_split(str(tmp_path), 2500)
+    files = bdata.split_files(str(tmp_path), 2500)
+    with open(files["csv"], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["id"] for r in rows] == [f"r{i}" for i in range(2500)]
+    assert sum(1 for _ in tf.data.TFRecordDataset(files["tfrecord"])) == 2500
+    metrics = tmp_path / "out" / "metrics"
+    metrics.mkdir(parents=True)
+    (metrics / "shard_latency-00000-of-00001.jsonl").write_text(
+        json.dumps({"shard": "*", "records_by_worker": {"h:1": 9}}) + "\n"
+        + json.dumps({"shard": files["csv"], "records_by_worker": {"h:1": 2500}}) + "\n")
+    assert file_readers(str(tmp_path / "out"), files["csv"]) == {
+        "records_by_worker": {"h:1": 2500}}
+    assert file_readers(str(tmp_path / "out"), files["tfrecord"]) == {}
+    labels = [label for label, _ in split_variants(1 << 20)]
+    assert labels == list(report.SPLIT_LABELS)
+
+
 def test_cli_mode_runs_the_command_line_job_and_times_its_exit_apart(tmp_path, demo_model_base,
                                                                      demo_data):
     from pipeline.run import read_summary
