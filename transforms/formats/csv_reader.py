@@ -22,7 +22,7 @@ from typing import Iterator
 from transforms.formats.base import DEFAULT_MAX_RECORD_BYTES, PAYLOAD_KEEP, READ_CHUNK
 from transforms.records import csv_text
 
-__all__ = ["NOT_READ", "iter_csv", "iter_csv_blocks"]
+__all__ = ["NOT_READ", "arrow_header", "iter_csv", "iter_csv_blocks"]
 
 
 class _LineTooLong(Exception):
@@ -87,6 +87,7 @@ def _not_a_header(raw: bytes) -> str | None:
 
 
 NOT_READ = "; the remainder of the file was not read"
+_BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark: dropped at a file's start only
 
 
 def _header_error(line: int, why: str, payload) -> tuple:
@@ -204,15 +205,34 @@ def _arrow_ok(chunk: bytes) -> bool:
     return b'"' not in chunk and b"\x00" not in chunk and not _lone_cr(chunk)
 
 
+def arrow_header(head: bytes) -> list[str] | None:
+    """The column names in `head`, a file's first line (UTF-8 BOM dropped, line end kept),
+    when `iter_csv_blocks` takes it as the header of its pyarrow path: text with no quote, NUL
+    or lone carriage return, at least two names, no name twice. None when it does not (the
+    file then goes to `iter_csv`, which finds its header, or its error, itself)."""
+    if not head.strip() or _not_a_header(head) is not None or not _arrow_ok(head):
+        return None
+    try:
+        header = [c.strip() for c in next(csv.reader([head.decode("utf-8")]))]
+    except (csv.Error, StopIteration):
+        return None
+    if len(set(header)) != len(header) or len(header) < 2:
+        return None
+    return header
+
+
 def iter_csv_blocks(stream, columns: list[str] | None = None, block_bytes: int = READ_CHUNK,
-                    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[tuple]:
+                    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+                    header: list[str] | None = None, first_index: int = 0,
+                    first_line: int = 1) -> Iterator[tuple]:
     """CSV in blocks: yield ("header", cols), then ("table", table, text, first_index,
     first_line) for blocks that pyarrow parses into string columns (one row per line, `text`
     the block's raw lines), and `iter_csv` items for everything else.
 
     This is the reader's fast path: pyarrow's C++ tokenizer instead of a Python step per row.
     A block that pyarrow cannot take exactly as the csv module would (quotes, blank lines, a
-    row with the wrong number of columns, invalid UTF-8) is read by `iter_csv` instead, with
+    row with the wrong number of columns, invalid UTF-8, a BOM at its start, which pyarrow
+    would drop) is read by `iter_csv` instead, with
     its line numbers and record indices continued; from the first quote on, the rest of the
     file is (a quoted field may span lines, and blocks are cut at line ends). `columns` limits
     the table to the named columns (the header keeps all names).
@@ -221,6 +241,11 @@ def iter_csv_blocks(stream, columns: list[str] | None = None, block_bytes: int =
     `max_record_bytes` is not kept: it is a `csv_format` row (payload: its first
     MAX_PAYLOAD_BYTES), read past in blocks, and reading goes on at the next line. A first
     line that is not a header (not text, or too long) is one `unreadable_tail` row.
+
+    With `header` given, `stream` continues a file whose header (and first records) were read
+    elsewhere, from a line start outside any quoted field: its first record has index
+    `first_index` and begins on line `first_line`. No header is looked for or yielded and no
+    BOM is dropped; the rest is read exactly as after a header (a block of a split file).
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -295,42 +320,40 @@ def iter_csv_blocks(stream, columns: list[str] | None = None, block_bytes: int =
             skip_line()
         return first
 
-    fill(block_bytes)
-    if buf.startswith(b"\xef\xbb\xbf"):
-        buf = buf[3:]
-    end = buf.find(b"\n")
-    if end < 0 and not eof:  # a header longer than a block
-        first = long_line(skip=False)  # nothing after it is read
-        if first is not None:
-            yield _header_error(1, f"it is longer than --max_record_bytes ({cap} bytes)",
-                                first)
-            return
+    if header is not None:  # a continuation: records from the first byte on
+        header, line, index = list(header), first_line, first_index
+    else:
+        fill(block_bytes)
+        if buf.startswith(_BOM):
+            buf = buf[3:]
         end = buf.find(b"\n")
-    head = buf[:end + 1] if end >= 0 else buf
-    header = None
-    if head.strip():
-        why = _not_a_header(head)
-        if why is not None:
-            yield _header_error(1, why, head)
+        if end < 0 and not eof:  # a header longer than a block
+            first = long_line(skip=False)  # nothing after it is read
+            if first is not None:
+                yield _header_error(1, f"it is longer than --max_record_bytes ({cap} bytes)",
+                                    first)
+                return
+            end = buf.find(b"\n")
+        head = buf[:end + 1] if end >= 0 else buf
+        if head.strip():
+            why = _not_a_header(head)
+            if why is not None:
+                yield _header_error(1, why, head)
+                return
+        header = arrow_header(head)
+        if header is None:
+            yield from iter_csv(io.BufferedReader(_Prefixed(buf, stream)),
+                                max_record_bytes=max_record_bytes)
             return
-        if _arrow_ok(head):
-            try:
-                header = [c.strip() for c in next(csv.reader([head.decode("utf-8")]))]
-            except (csv.Error, StopIteration):
-                header = None
-    if header is None or len(set(header)) != len(header) or len(header) < 2:
-        yield from iter_csv(io.BufferedReader(_Prefixed(buf, stream)),
-                            max_record_bytes=max_record_bytes)
-        return
-    yield ("header", header)
-    buf = buf[len(head):]
+        yield ("header", header)
+        buf = buf[len(head):]
+        line, index = 2, 0
     wanted = [c for c in (columns if columns is not None else header) if c in header]
     options = (pacsv.ReadOptions(column_names=header, block_size=max(block_bytes, 1 << 20)),
                pacsv.ParseOptions(newlines_in_values=False),
                pacsv.ConvertOptions(column_types={c: pa.string() for c in wanted},
                                     include_columns=wanted, strings_can_be_null=False,
                                     quoted_strings_can_be_null=False, null_values=[]))
-    line, index = 2, 0
     while True:
         fill(block_bytes)
         if not buf:
@@ -352,7 +375,8 @@ def iter_csv_blocks(stream, columns: list[str] | None = None, block_bytes: int =
         lines = chunk.count(b"\n")
         rows = lines + (not chunk.endswith(b"\n"))
         table = None
-        if b"\x00" not in chunk:
+        # pyarrow drops a BOM at the start of what it parses; here it is text of a cell
+        if b"\x00" not in chunk and not chunk.startswith(_BOM):
             try:
                 table = pacsv.read_csv(pa.py_buffer(chunk), *options)
             except (pa.ArrowInvalid, pa.ArrowException):
