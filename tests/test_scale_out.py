@@ -17,7 +17,7 @@ import random
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import Phase, given, settings, strategies as st
 
 from pipeline.demo import demo_dtypes, demo_rows
 from pipeline.run import read_summary
@@ -225,7 +225,9 @@ class _SplittingTracker(OffsetRestrictionTracker):
 
 
 @pytest.mark.parametrize("fmt", ["csv", "tfrecord"])
-@settings(max_examples=20, deadline=None)
+# no shrinking: the seed of a failing example says all, and each example reads whole files
+@settings(max_examples=20, deadline=None,
+          phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(seed=st.integers(0, 2 ** 32 - 1), split=st.sampled_from([SPLIT, 3 * SPLIT, 20000]))
 def test_dynamic_splits_read_every_record_exactly_once(fmt, large, seed, split):
     path = large[fmt]
