@@ -107,12 +107,16 @@ def _hint_local_workers(opts: BatchPredictOptions) -> None:
                   workers, cores)
 
 
+def _local(opts: BatchPredictOptions) -> bool:
+    return opts.view_as(StandardOptions).runner in (None, "DirectRunner", "direct")
+
+
 def worker_processes(opts: BatchPredictOptions) -> int:
     """How many worker processes the job may score in at once, as far as its options say:
     local multi_processing workers; Dataflow's (max) workers times the vCPUs of their machine
     type (one SDK process per vCPU; 1 when the type is not given or not of the form
     family-kind-N); 1 for an in-process local run."""
-    if opts.view_as(StandardOptions).runner in (None, "DirectRunner", "direct"):
+    if _local(opts):
         return opts.view_as(DirectOptions).direct_num_workers or 1 \
             if _local_worker_processes(opts) else 1
     worker = opts.view_as(WorkerOptions)
@@ -121,12 +125,22 @@ def worker_processes(opts: BatchPredictOptions) -> int:
     return workers * (int(vcpus) if vcpus.isdigit() else 1)
 
 
-def _reshuffle(opts: BatchPredictOptions, units: int) -> bool:
+def split_bytes(opts: BatchPredictOptions) -> int:
+    """--split_bytes, `auto` resolved: ranges only where more than one process reads."""
+    if opts.split_bytes != "auto":
+        return opts.split_bytes
+    return DEFAULT_SPLIT_BYTES if worker_processes(opts) > 1 else 0
+
+
+def reshuffle(opts: BatchPredictOptions, units: int) -> bool:
     """Whether record batches are redistributed before the model step: asked for, or (auto)
-    when the reads alone cannot keep every worker process busy."""
+    on a distributed runner when the reads alone cannot keep every worker process busy. Never
+    by default on the local runner: its Reshuffle holds the whole input in the launcher's
+    memory, and the local worker processes share one machine's cores anyway (measured in
+    benchmarks/RESULTS.md, "One large file")."""
     if opts.reshuffle_batches != "auto":
         return opts.reshuffle_batches == "on"
-    return units < worker_processes(opts)
+    return not _local(opts) and units < worker_processes(opts)
 
 
 def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
@@ -176,11 +190,13 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime(start)) + "-" + \
         uuid.uuid4().hex[:8]
     _hint_local_workers(opts)
-    units = read_units(files, reader, opts.split_bytes)
-    reshuffle = _reshuffle(opts, units)
-    _LOG.info("plan: %d independent reads (files, ranges of %d bytes); %s",
-              units, opts.split_bytes, "record batches are reshuffled before the model"
-              if reshuffle else "the model step runs where each read does")
+    split = split_bytes(opts)
+    units = read_units(files, reader, split)
+    spread = reshuffle(opts, units)
+    _LOG.info("plan: %d independent reads (%s); %s", units,
+              f"files, and ranges of {split} bytes of larger plain ones" if split
+              else "one per file", "record batches are reshuffled before the model"
+              if spread else "the model step runs where each read does")
     config = ModelConfig(
         path=model.path, signature=opts.signature, spec=model.spec,
         key_field=opts.key_field, key_dtype=key_dtype,
@@ -197,7 +213,7 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
         "feature_spec_source": model.spec_source, "feature_spec": model.spec.to_json(),
         "input_format": input_format, "input_files": len(files),
         "input_bytes": sum(s for _, s in files), "batch_size": opts.batch_size,
-        "split_bytes": opts.split_bytes, "reshuffle_batches": reshuffle,
+        "split_bytes": split, "reshuffle_batches": spread,
         "output_format": opts.output_format, "key_field": opts.key_field,
     }
     auto_batch = opts.batch_size == "auto"
@@ -220,8 +236,8 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
                    auto_batch=auto_batch, overwrite=opts.overwrite,
                    max_error_rate=opts.max_error_rate, list_separator=opts.csv_list_separator,
                    run_info=run_info, shared_model=shared_model, model_holder=holder,
-                   max_record_bytes=max_record_bytes, split_bytes=opts.split_bytes,
-                   reshuffle=reshuffle)
+                   max_record_bytes=max_record_bytes, split_bytes=split,
+                   reshuffle=spread)
 
 
 def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,

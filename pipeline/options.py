@@ -52,8 +52,11 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _split_bytes(text: str) -> int:
-    accepted = f"must be 0 (read files whole) or a number of bytes >= {MIN_SPLIT_BYTES}"
+def _split_bytes(text: str) -> int | str:
+    accepted = (f"must be 'auto', 0 (read files whole) or a number of bytes >= "
+                f"{MIN_SPLIT_BYTES}")
+    if text == "auto":
+        return text
     value = _int(text, accepted)
     if value < 0 or 0 < value < MIN_SPLIT_BYTES:
         raise argparse.ArgumentTypeError(f"{accepted}, got {text!r}")
@@ -194,15 +197,19 @@ class BatchPredictOptions(PipelineOptions):
             help="largest TFRecord record or CSV line accepted; a longer one is an error row "
                  "(corrupt_record / csv_format), never an allocation of its size")
         parser.add_argument(
-            "--split_bytes", type=_split_bytes, default=DEFAULT_SPLIT_BYTES,
+            "--split_bytes", type=_split_bytes, default="auto",
             help="plain (not gzip) TFRecord and CSV files larger than this are read in ranges "
-                 "of this many bytes, by as many workers as there are ranges (0 = one reader "
-                 "per file)")
+                 "of this many bytes, by as many workers as there are ranges; 0 = one reader "
+                 f"per file; auto = {DEFAULT_SPLIT_BYTES >> 20} MiB when the job has more than "
+                 "one worker process, else 0 (one process reads ranges one after another, and "
+                 "indexing them costs a pass over the file)")
         parser.add_argument(
             "--reshuffle_batches", choices=["auto", "on", "off"], default="auto",
             help="redistribute record batches across workers between reading and the model "
-                 "(a Reshuffle): auto = when the input gives fewer independent reads (files, "
-                 "ranges of large files; a gzip file is one) than the job has worker processes")
+                 "(a Reshuffle): auto = on Dataflow, when the input gives fewer independent "
+                 "reads (files, ranges of large files; a gzip file is one) than the job has "
+                 "worker processes; never on the local runner, whose Reshuffle holds the whole "
+                 "input in memory")
 
     @staticmethod
     def check_argv(argv: Sequence[str] | None = None) -> None:

@@ -23,9 +23,12 @@ from pipeline.demo import demo_dtypes, demo_rows
 from pipeline.run import read_summary
 from tests.helpers import errors, expected_outputs, predictions, read_jsonl, run_job
 from transforms import formats
+from tests.gcs_emulator import gcs  # noqa: F401  (fixture)
 from transforms.read import ReadBlocksDoFn, index_locally
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 
+MP = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+DF = ["--runner", "DataflowRunner"]
 SPLIT = 48 << 10  # small ranges, so that a few hundred KB make a dozen of them
 N = 4000
 BAD_AT = (17, 1500, 2999)  # records that are errors, by index
@@ -255,29 +258,31 @@ def test_gzip_files_are_read_whole_however_large(large, tmp_path):
 
 
 @pytest.mark.parametrize("argv, files, expected", [
-    # in-process local run: one worker process, nothing to spread
-    ([], [("a.tfrecord", 10 << 20)], (1, 3, False)),
-    (["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
-     [("a.tfrecord.gz", 10 << 20)], (2, 1, True)),  # one gzip file: one read for two workers
-    (["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
-     [("a.tfrecord", 10 << 20)], (2, 3, False)),  # three ranges of 4 MiB
-    (["--direct_num_workers=2", "--direct_running_mode=multi_processing",
-      "--reshuffle_batches", "off"], [("a.tfrecord.gz", 10 << 20)], (2, 1, False)),
-    (["--reshuffle_batches", "on"], [("a.tfrecord", 10 << 20)], (1, 3, True)),
-    # Dataflow: workers x the machine type's vCPUs
-    (["--runner", "DataflowRunner", "--max_num_workers", "5", "--machine_type",
-      "n2-standard-8"], [(f"p{i}.csv", 1 << 20) for i in range(39)], (40, 39, True)),
-    (["--runner", "DataflowRunner", "--num_workers", "5", "--machine_type", "custom"],
-     [(f"p{i}.csv", 1 << 20) for i in range(5)], (5, 5, False)),
+    # in-process local run: one worker process, no ranges, nothing to spread
+    ([], [("a.tfrecord", 10 << 20)], (1, 0, 1, False)),
+    (["--split_bytes", str(4 << 20)], [("a.tfrecord", 10 << 20)], (1, 4 << 20, 3, False)),
+    # local worker processes: ranges of the default size, never a reshuffle unless asked
+    (MP, [("a.tfrecord", 200 << 20)], (2, 64 << 20, 4, False)),
+    (MP, [("a.tfrecord.gz", 200 << 20)], (2, 64 << 20, 1, False)),
+    (MP + ["--reshuffle_batches", "on"], [("a.tfrecord.gz", 1 << 20)], (2, 64 << 20, 1, True)),
+    (["--reshuffle_batches", "on", "--split_bytes", "0"], [("a.tfrecord", 10 << 20)],
+     (1, 0, 1, True)),
+    # Dataflow: workers x the machine type's vCPUs; gzip files are one read each
+    (DF + ["--max_num_workers", "5", "--machine_type", "n2-standard-8"],
+     [(f"p{i}.csv.gz", 1 << 30) for i in range(39)], (40, 64 << 20, 39, True)),
+    (DF + ["--max_num_workers", "5", "--machine_type", "n2-standard-8"],
+     [("p.csv", 10 << 30)], (40, 64 << 20, 160, False)),
+    (DF + ["--num_workers", "5", "--machine_type", "custom", "--reshuffle_batches", "off"],
+     [("p.tfrecord.gz", 1 << 30)], (5, 64 << 20, 1, False)),
 ])
-def test_the_plan_reshuffles_batches_when_reads_are_fewer_than_workers(argv, files, expected):
-    from pipeline.build import _reshuffle, worker_processes
+def test_the_plan_splits_and_reshuffles_only_where_it_pays(argv, files, expected):
+    from pipeline.build import reshuffle, split_bytes, worker_processes
     from pipeline.options import BatchPredictOptions
     from transforms.read import read_units
-    opts = BatchPredictOptions(["--model", "m", "--input", "i", "--output", "o",
-                                "--split_bytes", str(4 << 20), *argv])
-    units = read_units(files, formats.input_format(files[0][0].split(".")[1]), 4 << 20)
-    assert (worker_processes(opts), units, _reshuffle(opts, units)) == expected
+    opts = BatchPredictOptions(["--model", "m", "--input", "i", "--output", "o", *argv])
+    fmt = formats.infer_input_format([f for f, _ in files])
+    units = read_units(files, fmt, split_bytes(opts))
+    assert (worker_processes(opts), split_bytes(opts), units, reshuffle(opts, units)) == expected
 
 
 def test_a_huge_file_gets_larger_ranges_not_millions_of_them():
@@ -285,3 +290,23 @@ def test_a_huge_file_gets_larger_ranges_not_millions_of_them():
     grid = split_grid(10 ** 12, 4096)  # 1 TB at the smallest split size
     assert len(grid) <= MAX_RANGES and grid[0][0] == 0 and grid[-1][1] == 10 ** 12
     assert all(a[1] == b[0] for a, b in zip(grid, grid[1:]))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tfrecord"])
+def test_a_large_gs_file_is_read_in_ranges_like_a_local_one(fmt, large, gcs, tmp_path):
+    """Ranges of a gs:// file (Beam's GCS filesystem, seeks and bounded reads, against the
+    emulator on loopback): the same records, indices and error rows as the local file."""
+    remote = f"gs://bp-split/big.{fmt}"
+    gcs.upload_bytes(remote, open(large[fmt], "rb").read())
+    size = os.path.getsize(large[fmt])
+    local = index_locally(formats.input_format(fmt), large[fmt], size, SPLIT)
+    index = index_locally(formats.input_format(fmt), remote, size, SPLIT)
+    assert index.split and (index.starts, index.first_index, index.first_line) == \
+        (local.starts, local.first_index, local.first_line)
+    dofn = ReadBlocksDoFn(fmt, 97)
+    dofn.setup()
+    got = []
+    for piece in index.slices(3):  # as the reading step gets them
+        got += _records(dofn.process(piece, tracker=OffsetRestrictionTracker(
+            OffsetRange(0, piece.blocks))))
+    assert sorted(got) == sorted(_serial(fmt, large[fmt]))

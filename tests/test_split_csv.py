@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import pickle
-import time
 
 import numpy as np
 import pytest
@@ -330,9 +329,11 @@ def test_summaries_are_small_plain_values_and_must_cover_the_file(tmp_path):
     assert CSV.index_file(path, size, ranges, summaries, BIG_CAP) is None
 
 
-# --- speed ---------------------------------------------------------------------------------------
-def test_summarize_range_speed(tmp_path, capsys):
-    """A printed figure, not a limit: summarize_range's throughput on a clean numeric CSV."""
+# --- a large file --------------------------------------------------------------------------------
+def test_a_large_clean_csv_splits_at_every_range_with_exact_bases(tmp_path):
+    """50 MB of numeric rows: one summary of the whole file counts every row, and ranges of
+    16 MiB give blocks whose record index and line number are the lines before them.
+    (The benchmarks measure the speed: `python -m benchmarks --only split`.)"""
     rng = np.random.default_rng(0)
     n = 20_000
     lines = [b"%d,%.6f,%.6f,%d,%.3f" % (i, a, b, c, d) for i, a, b, c, d in
@@ -346,14 +347,9 @@ def test_summarize_range_speed(tmp_path, capsys):
         for _ in range(copies):
             fh.write(chunk)
     size = os.path.getsize(path)
-    t = time.perf_counter()
     whole = CSV.summarize_range(path, 0, size, size, BIG_CAP)
-    one = time.perf_counter() - t
-    split = 16 << 20
-    ranges = grid(size, split)
-    t = time.perf_counter()
+    ranges = grid(size, 16 << 20)
     summaries = [CSV.summarize_range(path, a, b, size, BIG_CAP) for a, b in ranges]
-    many = time.perf_counter() - t
     idx = CSV.index_file(path, size, ranges, summaries, BIG_CAP)
     assert whole.sides[0].records == copies * n + 1  # and the header
     assert idx is not None and idx.blocks == len(ranges)
@@ -361,7 +357,3 @@ def test_summarize_range_speed(tmp_path, capsys):
         copy, within = divmod(idx.starts[k] - len(b"id,a,b,c,d\n"), len(chunk))
         lines_before = copy * n + chunk[:within].count(b"\n")
         assert (idx.first_index[k], idx.first_line[k]) == (lines_before, lines_before + 2)
-    mb = size / 1e6
-    with capsys.disabled():
-        print(f"\nsummarize_range on a {mb:.0f} MB numeric CSV: one range {mb / one:.0f} "
-              f"MB/s, {len(ranges)} ranges of 16 MiB {mb / many:.0f} MB/s")

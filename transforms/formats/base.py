@@ -231,9 +231,7 @@ class _Range(io.RawIOBase):
         if self._left <= 0:
             return 0
         view = memoryview(b)[:min(len(b), self._left)]
-        data = self._raw.read(len(view))
-        n = len(data)
-        view[:n] = data
+        n = self._raw.readinto(view) or 0  # straight into the caller's buffer: no copy
         self._left -= n
         self.read_bytes += n
         if n == 0:
