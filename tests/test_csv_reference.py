@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from transforms.feature_spec import Feature, FeatureSpec
 from transforms.parse import columns_to_examples
-from transforms.read import ReadBlocksDoFn
+from transforms.read import ReadFilesDoFn
 from transforms.records import CsvBatch
 
 SPEC = FeatureSpec([
@@ -77,7 +77,7 @@ def _rows(text_cells):
 
 def _read_and_parse(path: str):
     """(paths taken, {id: what parse_example reads}, error rows) for one file."""
-    reader = ReadBlocksDoFn("csv", batch_size=7, columns=list(SPEC) + ["id"])
+    reader = ReadFilesDoFn("csv", batch_size=7, columns=list(SPEC) + ["id"])
     reader.setup()
     paths, parsed, errors = set(), {}, []
     for out in reader.process_file(path):

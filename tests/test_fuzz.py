@@ -16,7 +16,7 @@ from pipeline.demo import demo_dtypes
 from transforms.model import open_model
 from transforms.parse import ParseWithSpecDoFn
 from transforms.predict import PredictDoFn, PredictionBatch
-from transforms.read import ReadBlocksDoFn
+from transforms.read import ReadFilesDoFn
 from transforms.savedmodel import ModelConfig, SavedModelHandler
 from transforms.errors import ERROR_TYPES
 
@@ -41,7 +41,7 @@ def dofns(demo_model_base):
 
 def score_file(path: str, fmt: str, dofns) -> tuple[int, int, list[dict]]:
     """(records read, records predicted, error rows) for one file."""
-    reader = ReadBlocksDoFn(fmt, batch_size=7)
+    reader = ReadFilesDoFn(fmt, batch_size=7)
     reader.setup()
     parse = ParseWithSpecDoFn(dofns["spec"], "id")
     parse.setup()

@@ -182,9 +182,9 @@ def test_tfrecord_absurd_lengths_are_error_rows_also_at_startup(tmp_path, demo_m
 
 
 def _read_shard(path: str, fmt: str, cap: int, columns=None, batch_size=16):
-    """ReadBlocksDoFn on one file: (records, error rows, stats)."""
-    from transforms.read import ReadBlocksDoFn
-    dofn = ReadBlocksDoFn(fmt, batch_size, columns, max_record_bytes=cap)
+    """ReadFilesDoFn on one file: (records, error rows, stats)."""
+    from transforms.read import ReadFilesDoFn
+    dofn = ReadFilesDoFn(fmt, batch_size, columns, max_record_bytes=cap)
     dofn.setup()
     batches, errs, stats = [], [], None
     for out in dofn.process_file(path):

@@ -24,7 +24,7 @@ from pipeline.run import read_summary
 from tests.helpers import errors, expected_outputs, predictions, read_jsonl, run_job
 from transforms import formats
 from tests.gcs_emulator import gcs  # noqa: F401  (fixture)
-from transforms.read import ReadBlocksDoFn, index_locally
+from transforms.read import ReadBlocksDoFn, ReadFilesDoFn, index_locally
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 
 MP = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
@@ -181,7 +181,7 @@ def test_reshuffled_batches_give_the_same_results(fmt, large, tmp_path, demo_mod
 
 # --- the runner's splits, without a runner --------------------------------------------------------
 def _serial(fmt: str, path: str) -> list[tuple]:
-    dofn = ReadBlocksDoFn(fmt, 97)
+    dofn = ReadFilesDoFn(fmt, 97)
     dofn.setup()
     return _records(dofn.process_file(path))
 

@@ -31,7 +31,7 @@ from transforms.records import Batch
 
 __all__ = ["DEFAULT_SPLIT_BYTES", "match_inputs", "tally", "split_grid", "read_units",
            "index_locally",
-           "ReadBlocksDoFn", "ReadRecordBatches"]
+           "ReadFilesDoFn", "ReadBlocksDoFn", "ReadRecordBatches"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -222,12 +222,9 @@ class _BlocksProvider(beam.transforms.core.RestrictionProvider):
         return index.end(restriction.stop - 1) - index.starts[restriction.start]
 
 
-class ReadBlocksDoFn(beam.DoFn):
-    """Reads the blocks of a file its restriction holds (a whole file is one block) into
-    batches with its input format; emits error rows and one shard-stats row per restriction.
-
-    Each block is claimed before any of its records is emitted: a block belongs to exactly one
-    restriction however the runner splits them, so every record is read once."""
+class _ReadDoFn(beam.DoFn):
+    """What the two reading DoFns share: a file's blocks, claimed one by one, into batches
+    with its input format; error rows and one shard-stats row per element."""
 
     def __init__(self, input_format: InputFormat | str, batch_size: int,
                  columns: list[str] | None = None,
@@ -248,16 +245,9 @@ class ReadBlocksDoFn(beam.DoFn):
         return self._format.read_block(index, block, self._batch_size, self._columns,
                                        self._max_record_bytes, stats)
 
-    def process_file(self, path: str) -> Iterator:
-        """One whole file's outputs, in this process, without a runner (tools and tests)."""
-        size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
-        yield from self.process(SplitIndex(path, size),
-                                tracker=OffsetRestrictionTracker(OffsetRange(0, 1)))
-
-    def process(self, index: SplitIndex,
-                tracker=beam.DoFn.RestrictionParam(_BlocksProvider())):
+    def _read(self, index: SplitIndex, first: int, claim) -> Iterator:
+        """Blocks first, first + 1, ... of `index` for as long as `claim(block)` grants them."""
         path = index.path
-        first = tracker.current_restriction().start
         where = (path if not index.split
                  else f"{path} [bytes {index.starts[first]}-...]")
         start = time.monotonic()
@@ -265,7 +255,7 @@ class ReadBlocksDoFn(beam.DoFn):
         stats = {"records": 0, "read_errors": 0, "unreadable_tail": False, "gzip": False,
                  "bytes": 0, "files": 0, "blocks": 0, "worker": WORKER}
         block = first
-        while tracker.try_claim(block):
+        while claim(block):
             part = {"records": 0, "read_errors": 0, "unreadable_tail": False, "gzip": False,
                     "bytes": 0}
             yield from tally(self._block_items(index, block, part), part)
@@ -288,6 +278,30 @@ class ReadBlocksDoFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput("shard_stats", (path, stats))
 
 
+class ReadFilesDoFn(_ReadDoFn):
+    """Reads one whole file per element, (path, size): the reading step when no file is
+    split (a plain DoFn: a splittable one costs a runner more steps per job)."""
+
+    def process(self, file: tuple[str, int]):
+        yield from self._read(SplitIndex(*file), 0, lambda block: block == 0)
+
+    def process_file(self, path: str) -> Iterator:
+        """One whole file's outputs, in this process, without a runner (tools and tests)."""
+        size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+        yield from self.process((path, size))
+
+
+class ReadBlocksDoFn(_ReadDoFn):
+    """Reads the blocks of a file its restriction holds (a whole file is one block).
+
+    Each block is claimed before any of its records is emitted: a block belongs to exactly one
+    restriction however the runner splits them, so every record is read once."""
+
+    def process(self, index: SplitIndex,
+                tracker=beam.DoFn.RestrictionParam(_BlocksProvider())):
+        yield from self._read(index, tracker.current_restriction().start, tracker.try_claim)
+
+
 class ReadRecordBatches(beam.PTransform):
     """Files -> batches of records from one shard each (+ 'errors', 'shard_stats' outputs).
 
@@ -297,8 +311,10 @@ class ReadRecordBatches(beam.PTransform):
                                                                                 |
                                                       Flatten | ReadBlocks (splittable)
 
-    A file is read whole unless its format can split it, it is plain (not gzip) and larger
-    than `split_bytes` (0: never split): then every range of its grid is summarized in
+    When no file is larger than `split_bytes` (0: never split) or the format cannot split,
+    the graph is `ListShards | SpreadShards | ReadShards`, one plain read per file. Otherwise
+    a file is read whole unless its format can split it, it is plain (not gzip) and larger
+    than `split_bytes`: then every range of its grid is summarized in
     parallel, the summaries become the file's blocks, and the reading step (a splittable
     DoFn over block ranges) reads blocks wherever the runner sends them. `input_format` is a
     registered format's name, looked up here, at construction: the steps carry the format
@@ -317,16 +333,28 @@ class ReadRecordBatches(beam.PTransform):
         self._max_record_bytes = max_record_bytes
         self._split_bytes = split_bytes
 
+    def _may_split(self, sizes: list[int]) -> bool:
+        return (self._format.splittable and self._split_bytes > 0
+                and any(size > self._split_bytes for size in sizes))
+
+    def _reader(self, dofn: type[_ReadDoFn]):
+        return (beam.ParDo(dofn(self._format, self._batch_size, self._columns,
+                                self._max_record_bytes))
+                .with_output_types(Batch)
+                .with_outputs("errors", "shard_stats", main="batches"))
+
     def expand(self, pbegin):
         sizes = self._sizes
         if sizes is None:
             sizes = [m.size_in_bytes for f in self._files
                      for m in FileSystems.match([f])[0].metadata_list[:1]]
-        planned = (pbegin
-                   | "ListShards" >> beam.Create(list(zip(self._files, sizes)), reshuffle=False)
-                   | "SpreadShards" >> beam.Reshuffle()
-                   | "PlanSplits" >> beam.ParDo(PlanSplitsDoFn(self._format, self._split_bytes))
-                   .with_outputs("ranges", main="whole"))
+        files = (pbegin
+                 | "ListShards" >> beam.Create(list(zip(self._files, sizes)), reshuffle=False)
+                 | "SpreadShards" >> beam.Reshuffle())
+        if not self._may_split(sizes):  # every file is one read
+            return files | "ReadShards" >> self._reader(ReadFilesDoFn)
+        planned = files | "PlanSplits" >> beam.ParDo(
+            PlanSplitsDoFn(self._format, self._split_bytes)).with_outputs("ranges", main="whole")
         indexed = (planned.ranges
                    | "SpreadRanges" >> beam.Reshuffle()
                    | "SummarizeRanges" >> beam.ParDo(SummarizeRangeDoFn(
@@ -336,8 +364,4 @@ class ReadRecordBatches(beam.PTransform):
                                                               self._max_record_bytes)))
         return ((planned.whole, indexed)
                 | "AllFiles" >> beam.Flatten()
-                | "ReadBlocks" >> beam.ParDo(ReadBlocksDoFn(self._format, self._batch_size,
-                                                            self._columns,
-                                                            self._max_record_bytes))
-                .with_output_types(Batch)
-                .with_outputs("errors", "shard_stats", main="batches"))
+                | "ReadBlocks" >> self._reader(ReadBlocksDoFn))
