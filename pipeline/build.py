@@ -22,7 +22,7 @@ from pipeline.options import DEFAULT_BATCH_SIZE, BatchPredictOptions
 from transforms import metrics as m
 from transforms.feature_spec import FeatureSpec
 from transforms.parse import ParseWithSpecDoFn
-from transforms.predict import PredictDoFn
+from transforms.predict import PredictDoFn, key_output_plan, output_columns
 from transforms import formats
 from transforms.formats.base import DEFAULT_MAX_RECORD_BYTES, InputFormat
 from transforms.read import DEFAULT_SPLIT_BYTES, ReadRecordBatches, match_inputs, read_units
@@ -67,6 +67,8 @@ class JobPlan:
     claim: object = None
     split_bytes: int = DEFAULT_SPLIT_BYTES  # --split_bytes: the read ranges of large files
     reshuffle: bool = False  # a Reshuffle of record batches between reading and the model
+    # what becomes of a model output named like the key (transforms.predict.key_output_plan)
+    key_output: tuple | None = None
 
     def release(self) -> None:
         if self.claim is not None:
@@ -180,9 +182,15 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
     # the format's start-up check of the first file (CSV: its header against the spec and key)
     reader.check_first_shard(files[0][0], model.spec, opts.key_field, max_record_bytes)
     key_dtype = _key_dtype(opts, model.spec, reader, files[0][0])
-    if opts.key_field is not None and opts.key_field in model.output_names:
-        raise InputError(f"--key_field {opts.key_field!r} is also a model output name; "
-                         "choose another key")
+    # a model output named like the key: one column when the model forwards the key as it
+    # is (the Estimator forward_features pattern), else the model's output under KEY_output
+    forwarded = (opts.key_field in model.output_names
+                 and asked.forwards_key(loaded, opts.key_field))
+    key_output = key_output_plan(opts.key_field, list(model.output_names), forwarded)
+    if key_output is not None:
+        _LOG.info("plan: the model has an output named like --key_field %r: %s",
+                  opts.key_field, "it forwards the key unchanged, so rows hold it once"
+                  if forwarded else f"rows hold the key, and that output as {key_output[2]!r}")
     clash = sorted({"shard", "index"} & set(model.output_names))
     if opts.key_field is None and clash:
         raise InputError(f"the model has outputs named {clash}, which rows without a key use "
@@ -229,7 +237,8 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
             held.release()
             raise
     return JobPlan(files=files, input_format=input_format, model=config,
-                   output_names=list(model.output_names), sink=sink, output_dir=sink.location,
+                   output_names=output_columns(list(model.output_names), key_output),
+                   key_output=key_output, sink=sink, output_dir=sink.location,
                    staging_dir=sink.staging_location(run_id), claim=held,
                    output_format=opts.output_format,
                    batch_size=DEFAULT_BATCH_SIZE if auto_batch else opts.batch_size,
@@ -244,8 +253,8 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
                    predict_dofn: type[PredictDoFn] = PredictDoFn) -> None:
     """Wire the job; `clock` and `predict_dofn` are injection points for tests."""
     staging = plan.staging_dir
-    csv_columns = list(plan.model.spec) + ([plan.model.key_field]
-                                           if plan.model.key_field else [])
+    key = plan.model.key_field
+    csv_columns = list(plan.model.spec) + ([key] if key and key not in plan.model.spec else [])
     read = p | "Read" >> ReadRecordBatches([f for f, _ in plan.files], plan.input_format,
                                            plan.batch_size, columns=csv_columns,
                                            max_record_bytes=plan.max_record_bytes,
@@ -263,6 +272,8 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
         predict_kwargs["launcher_pid"] = plan.model.launcher_pid
     if plan.auto_batch:
         predict_kwargs["auto_batch"] = True
+    if plan.key_output is not None:
+        predict_kwargs["key_output"] = plan.key_output
     if clock is not None:
         predict_kwargs["clock"] = clock
     scored = parsed.records | "Predict" >> beam.ParDo(

@@ -60,4 +60,6 @@ ERROR_TYPES = {
     "shape_mismatch": "a fixed feature with the wrong number of values",
     "missing_key": "the --key_field is absent from the record, or its CSV cell is empty",
     "model_error": "the model call failed for this record alone",
+    "key_mismatch": "the model forwards the --key_field as an output of the same name (checked "
+                    "at start-up), but for this record its output differs from the key",
 }

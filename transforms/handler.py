@@ -102,6 +102,11 @@ class ModelHandler(abc.ABC):
     def classify(self, error: Exception) -> Failure:
         """What an exception raised by `run_batch` (or `KeyReader.read`) means."""
 
+    def forwards_key(self, model: Any, name: str) -> bool:
+        """Whether the model's output `name` is its input feature `name` passed through
+        unchanged (so a --key_field of that name is one column, not two). False by default."""
+        return False
+
     def key_reader(self) -> KeyReader | None:
         """Reads keys from the records, or None: no key, or keys that come with the records
         from an earlier step (CSV). Built once per DoFn, in setup()."""

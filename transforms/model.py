@@ -204,6 +204,37 @@ class LoadedModel:
     def output_names(self) -> list[str]:
         return [t.name for t in self.info.outputs]
 
+    def forwards(self, name: str) -> bool:
+        """Whether the output `name` is the input feature `name` passed through unchanged (the
+        Estimator `forward_features` pattern), on three synthetic records with distinct
+        values of it; False when the feature is not a scalar of the spec."""
+        from transforms.examples import encode_rows
+        feature = self.spec.get(name)
+        if feature is None or feature.kind != "fixed" or feature.num_values != 1 \
+                or name not in self.output_names:
+            return False
+        values = {"float32": [1.5, -2.25, 1e6], "int64": [101, -7, 2 ** 40],
+                  "string": ["k0", "key-1", "\u00fcber"]}[feature.dtype]
+        rows = []
+        for value in values:
+            row = {}
+            for f in self.spec.values():
+                fill = {"float32": 0.0, "int64": 0, "string": ""}[f.dtype]
+                row[f.name] = list(f.full_default() or (fill,) * f.num_values) \
+                    if f.kind == "fixed" else [fill]
+            row[name] = [value]
+            rows.append(row)
+        try:
+            out = self.predict(encode_rows(rows, {f.name: f.dtype for f in self.spec.values()}))
+        except Exception:  # noqa: BLE001 -- a model that cannot say is not forwarding
+            return False
+        got = out[name].reshape(len(rows), -1)
+        if got.shape[1] != 1:
+            return False
+        expected = np.array([v.encode() if isinstance(v, str) else v for v in values],
+                            dtype=object if feature.dtype == "string" else None)
+        return bool(np.all(got[:, 0] == expected))
+
     def warm_up(self) -> None:
         """One call on a synthetic example built from the spec (catches missing kernels)."""
         from transforms.examples import encode_rows

@@ -112,20 +112,79 @@ def _in_record_order(results: list) -> tuple:
     return positions[order], outputs, keys
 
 
+def key_output_plan(key_field: str | None, output_names: list[str],
+                    forwarded: bool) -> tuple | None:
+    """What the rows do with a model output named like --key_field: nothing to do (None),
+    ("same", key) when the model forwards the key unchanged (one column: the key), or
+    ("rename", key, column) to keep the model's own output beside the key, under `column`:
+    KEY_output (with more underscores until no output has that name)."""
+    if key_field is None or key_field not in output_names:
+        return None
+    if forwarded:
+        return ("same", key_field)
+    underscores = 1
+    while f"{key_field}{'_' * underscores}output" in output_names:
+        underscores += 1
+    return ("rename", key_field, f"{key_field}{'_' * underscores}output")
+
+
+def output_columns(output_names: list[str], plan: tuple | None) -> list[str]:
+    """The model output columns the rows hold, after `key_output_plan`."""
+    if plan is None:
+        return list(output_names)
+    if plan[0] == "same":
+        return [n for n in output_names if n != plan[1]]
+    return [plan[2] if n == plan[1] else n for n in output_names]
+
+
+def _same_as_keys(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Per record: whether the model's value equals the key (text keys read as the model's
+    dtype; str and UTF-8 bytes alike)."""
+    if values.dtype == object or values.dtype.kind in "SU":
+        norm = [k.encode("utf-8", "surrogateescape") if isinstance(k, str) else k for k in keys]
+        got = [v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v
+               for v in values]
+        return np.array([a == b for a, b in zip(got, norm)], dtype=bool)
+    out = np.zeros(len(values), dtype=bool)
+    for i, (v, k) in enumerate(zip(values, keys)):
+        try:
+            out[i] = v == values.dtype.type(k.decode() if isinstance(k, bytes) else k)
+        except (TypeError, ValueError, OverflowError):
+            out[i] = False
+    return out
+
+
+def _key_output(plan: tuple, outputs: dict, keys: np.ndarray):
+    """(outputs as the rows hold them, per record whether a forwarded key differs or None)."""
+    name = plan[1]
+    if plan[0] == "rename":
+        outputs = dict(outputs)
+        outputs[plan[2]] = outputs.pop(name)
+        return outputs, None
+    forwarded = outputs[name].reshape(len(keys), -1)[:, 0]
+    return ({k: v for k, v in outputs.items() if k != name},
+            ~_same_as_keys(forwarded, keys))
+
+
 class PredictDoFn(beam.DoFn):
     """RecordBatch -> PredictionBatch (+ 'errors', 'latency', 'model_loads' outputs)."""
 
     def __init__(self, handler: ModelHandler, batch_size: int,
                  clock: Callable[[], int] = time.perf_counter_ns,
                  shared_handle: shared.Shared | None = None, auto_batch: bool = False,
-                 concurrent_calls: int = 1, launcher_pid: int | None = None):
+                 concurrent_calls: int = 1, launcher_pid: int | None = None,
+                 key_output: tuple | None = None):
         """`shared_handle`: a Shared the launcher already loaded this model through (see
         pipeline.build.plan_job), so an in-process runner reuses that copy. `auto_batch`:
         --batch_size auto (`BatchSizeTuner`, starting at `batch_size`). `concurrent_calls`:
         model calls in flight at once. `launcher_pid`: set for local worker processes, which
         leave without finalizing their interpreter (`transforms.worker.exit_now`) unless they
-        are the launcher itself (an in-process runner)."""
+        are the launcher itself (an in-process runner). `key_output`: what becomes of a model
+        output named like the key (`key_output_plan`): ("same", name) drops it from the rows,
+        where it must equal the key (a record where it does not is a key_mismatch error row);
+        ("rename", name, column) writes it under another column name."""
         self._handler = handler
+        self._key_output = key_output
         self._batch_size = batch_size
         self._auto_batch = auto_batch
         self._clock = clock
@@ -277,6 +336,19 @@ class PredictDoFn(beam.DoFn):
                 outputs = {k: v[has_key] for k, v in outputs.items()}
                 positions, values = positions[has_key], values[has_key]
             keys = values
+        if self._key_output is not None:
+            outputs, differs = _key_output(self._key_output, outputs, keys)
+            if differs is not None and differs.any():
+                name = self._key_output[1]
+                for pos in positions[differs]:
+                    yield beam.pvalue.TaggedOutput("errors", error_row(
+                        chunk.shards[pos], chunk.indices[pos], "key_mismatch",
+                        f"the model's output {name!r} differs from the record's key",
+                        chunk.serialized[pos], line=None))
+                self._metrics.model_errors.inc(int(differs.sum()))
+                keep = ~differs
+                outputs = {k: v[keep] for k, v in outputs.items()}
+                positions, keys = positions[keep], keys[keep]
         n = len(positions)
         self._metrics.predicted.inc(n)
         self._scored_since_log += n

@@ -81,6 +81,9 @@ class SavedModelHandler(ModelHandler):
                      "tf_inter_op_threads": threading.get_inter_op_parallelism_threads()},
             runtime_note=f"TF intra-op threads: {intra or 'default'}")
 
+    def forwards_key(self, model: LoadedModel, name: str) -> bool:
+        return model.forwards(name)
+
     def run_batch(self, model: LoadedModel, serialized: np.ndarray) -> dict[str, np.ndarray]:
         return model.predict(serialized)
 
