@@ -24,7 +24,7 @@ from transforms.feature_spec import FeatureSpec
 from transforms.parse import ParseWithSpecDoFn
 from transforms.predict import PredictDoFn, key_output_plan, output_columns
 from transforms import formats
-from transforms.formats.base import DEFAULT_MAX_RECORD_BYTES, InputFormat
+from transforms.formats.base import DEFAULT_MAX_RECORD_BYTES, ColumnType, InputFormat
 from transforms.read import DEFAULT_SPLIT_BYTES, ReadRecordBatches, match_inputs, read_units
 from transforms.records import Batch
 from transforms.savedmodel import ModelConfig, SavedModelHandler
@@ -36,7 +36,7 @@ from transforms.worker import ModelHolder
 from transforms.write import (FinalizeDoFn, WriteJsonLines, WriteMetricsDoFn, WritePredictions,
                               build_reports)
 
-__all__ = ["JobPlan", "plan_job", "build_pipeline", "expected_files"]
+__all__ = ["JobPlan", "plan_job", "build_pipeline", "expected_files", "column_types"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -69,6 +69,9 @@ class JobPlan:
     reshuffle: bool = False  # a Reshuffle of record batches between reading and the model
     # what becomes of a model output named like the key (transforms.predict.key_output_plan)
     key_output: tuple | None = None
+    # what is known of each row column before the first row (dtype, shape of one value), for
+    # output formats that declare a schema (transforms.formats.base.ColumnType)
+    column_types: dict = dataclasses.field(default_factory=dict)
 
     def release(self) -> None:
         if self.claim is not None:
@@ -83,6 +86,27 @@ def _key_dtype(opts, spec: FeatureSpec, input_format: InputFormat, first_file: s
     if opts.key_field in spec:
         return spec[opts.key_field].dtype
     return input_format.key_dtype(first_file, opts.key_field, opts.max_record_bytes)
+
+
+def column_types(key_field: str | None, key_dtype: str, outputs, key_output: tuple | None
+                 ) -> dict[str, ColumnType]:
+    """{row column: ColumnType}: the key (or shard and index), then every output column as the
+    rows hold it (`key_output`: a forwarded key's output is not a column of its own, a renamed
+    one keeps its type under the new name). `outputs` are the signature's declared outputs
+    (name, dtype, shape with the batch dimension first, or None for an unknown rank)."""
+    if key_field is None:
+        types = {"shard": ColumnType("string"), "index": ColumnType("int64")}
+    else:
+        types = {key_field: ColumnType(key_dtype)}
+    for t in outputs:
+        name = t.name
+        if key_output is not None and name == key_output[1]:
+            if key_output[0] == "same":
+                continue
+            name = key_output[2]
+        shape = tuple(t.shape[1:]) if t.shape else None  # () or None: the rank is not known
+        types[name] = ColumnType(t.dtype, shape)
+    return types
 
 
 def _local_worker_processes(opts: BatchPredictOptions) -> bool:
@@ -195,6 +219,18 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
     if opts.key_field is None and clash:
         raise InputError(f"the model has outputs named {clash}, which rows without a key use "
                          "for their source; pass --key_field to identify rows instead")
+    # the key column as the rows hold it: the dtype it is read as from a tf.Example, else the
+    # input format's column (CSV: text, whatever the spec says of the feature)
+    key_type = (key_dtype if reader.keys_in_examples or opts.key_field is None
+                else reader.key_dtype(files[0][0], opts.key_field, max_record_bytes))
+    # the handler's description names the outputs; a SavedModel's signature also declares
+    # their dtypes and shapes
+    declared = getattr(getattr(loaded, "info", None), "outputs", ())
+    types = column_types(opts.key_field, key_type, declared, key_output)
+    # an output the format cannot hold (a complex number in Parquet) is refused here, before
+    # the output dir is claimed: its file of no rows is what the format's writer checks first
+    formats.output_format(opts.output_format).empty_file(
+        opts.key_field, output_columns(list(model.output_names), key_output), types)
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime(start)) + "-" + \
         uuid.uuid4().hex[:8]
     _hint_local_workers(opts)
@@ -246,7 +282,7 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
                    max_error_rate=opts.max_error_rate, list_separator=opts.csv_list_separator,
                    run_info=run_info, shared_model=shared_model, model_holder=holder,
                    max_record_bytes=max_record_bytes, split_bytes=split,
-                   reshuffle=spread)
+                   reshuffle=spread, column_types=types)
 
 
 def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
@@ -282,7 +318,8 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
 
     written = []
     written.append(scored.predictions | "WritePredictions" >> WritePredictions(
-        staging, plan.output_format, plan.model.key_field, plan.output_names))
+        staging, plan.output_format, plan.model.key_field, plan.output_names,
+        plan.column_types))
     errors = ((read.errors, parsed.errors, scored.errors)
               | "AllErrors" >> beam.Flatten())
     written.append(errors | "WriteErrors" >> WriteJsonLines(staging, "errors"))
@@ -305,8 +342,11 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
         *side)
 
 
-def expected_files(plan: JobPlan) -> dict[str, tuple[str, bytes | None]]:
-    """The file families every run has (an empty one when nothing was written to it)."""
+def expected_files(plan: JobPlan) -> dict[str, tuple[str, bytes]]:
+    """The file families every run has: {family: (suffix, the content of its file when no
+    row was written to it)}: a header line, a Parquet file with the schema and no row, or
+    nothing at all."""
     out = formats.output_format(plan.output_format)
-    return {"predictions": (out.suffix, out.header(plan.model.key_field, plan.output_names)),
-            "errors": (".jsonl", None)}
+    return {"predictions": (out.suffix, out.empty_file(plan.model.key_field, plan.output_names,
+                                                       plan.column_types)),
+            "errors": (".jsonl", b"")}

@@ -127,23 +127,25 @@ def test_the_input_format_is_inferred_from_the_longest_registered_extension(name
 
 def test_unknown_and_mixed_extensions_are_refused_with_the_same_messages():
     with pytest.raises(InputError) as e:
-        formats.infer_input_format(["a.tfrecord", "b.parquet"])
-    assert str(e.value) == ("cannot infer the input format of b.parquet from its extension; "
-                            "pass --input_format tfrecord|csv")
+        formats.infer_input_format(["a.tfrecord", "b.avro"])
+    assert str(e.value) == ("cannot infer the input format of b.avro from its extension; "
+                            "pass --input_format tfrecord|csv|jsonl|parquet")
     with pytest.raises(InputError) as e:
         formats.infer_input_format(["a.tfrecord", "b.csv.gz", "c.gz"])
     assert str(e.value) == ("the inputs mix CSV and TFRecord files; score them in separate "
                             "jobs or pass --input_format")
-    with pytest.raises(InputError, match=r"one of \('tfrecord', 'csv'\), got 'parquet'"):
-        formats.input_format("parquet")
+    with pytest.raises(InputError, match=r"one of \('tfrecord', 'csv', 'jsonl', 'parquet'\), "
+                       r"got 'avro'"):
+        formats.input_format("avro")
 
 
 def test_a_registered_format_is_everywhere_the_formats_are_listed(registered):
     from pipeline.options import all_options_parser
     parser, _ = all_options_parser()
     choices = {a.dest: a.choices for a in parser._actions if a.dest.endswith("_format")}
-    assert choices == {"input_format": ["tfrecord", "csv", "ndjson"],
-                       "output_format": ["jsonl", "csv", "tsv"]}
+    assert choices == {"input_format": ["tfrecord", "csv", "jsonl", "parquet", "ndjson"],
+                       "output_format": ["jsonl", "csv", "parquet", "tfrecord", "tfrecord_gzip",
+                                         "tsv"]}
     assert formats.infer_input_format(["x/a.ndjson"]).name == "ndjson"
     with pytest.raises(InputError, match="mix NDJSON and TFRecord files"):
         formats.infer_input_format(["a.ndjson", "b.tfrecord"])
@@ -157,8 +159,9 @@ def test_a_name_or_an_extension_is_registered_once():
         formats.register_input_format(Clash())
     with pytest.raises(ValueError, match="named 'jsonl' is registered already"):
         formats.register_output_format(type("Again", (TsvOutput,), {"name": "jsonl"})())
-    assert list(formats.INPUT_FORMATS) == ["tfrecord", "csv"]
-    assert list(formats.OUTPUT_FORMATS) == ["jsonl", "csv"]
+    assert list(formats.INPUT_FORMATS) == ["tfrecord", "csv", "jsonl", "parquet"]
+    assert list(formats.OUTPUT_FORMATS) == ["jsonl", "csv", "parquet", "tfrecord",
+                                            "tfrecord_gzip"]
 
 
 def test_the_output_dirs_own_names_follow_the_output_formats(monkeypatch):

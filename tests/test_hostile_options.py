@@ -78,7 +78,7 @@ def _refused(job, *extra, words=(), base=True):
     (["--key_field", ""], ["--key_field", "is empty"]),
     (["--feature_spec", ""], ["--feature_spec", "is empty"]),
     (["--model_cache_dir", ""], ["--model_cache_dir", "is empty"]),
-    (["--input_format", "parquet"], ["--input_format", "'parquet'", "tfrecord", "csv"]),
+    (["--input_format", "avro"], ["--input_format", "'avro'", "tfrecord", "csv", "parquet"]),
     (["--output_format", "xml"], ["--output_format", "jsonl", "csv"]),
     (["--key_dtype", "int32"], ["--key_dtype", "int64"]),
     (["--overwrite=yes"], ["--overwrite is an on/off flag"]),

@@ -1,15 +1,17 @@
 """Writing predictions, error rows and metrics, and finalizing the output dir atomically.
 
 Everything is first written under a staging dir `OUTPUT/.tmp-RUN_ID/`, one file per bundle
-(`WriteStagedFilesDoFn`, fused with the steps before it). The last step, `Finalize`, runs
-once all writes are done (their file lists are its side inputs) and hands them to the sink
-(`transforms.sink`; for files `transforms.output_dir.commit`), which replaces a previous run's outputs (only this tool's own
+(`WritePredictionFilesDoFn` in the output format, `WriteStagedFilesDoFn` for lines of text,
+each fused with the steps before it). The last step, `Finalize`, runs once all writes are done
+(their file lists are its side inputs) and hands them to the sink (`transforms.sink`; for files
+`transforms.output_dir.commit`), which replaces a previous run's outputs (only this tool's own
 names), renames the staged files into place, then writes manifest.json and, if the error budget
 holds, `_SUCCESS`. A run that dies before that leaves only its `.tmp-*` dir, which nothing
 mistakes for output and the next successful run removes.
 
 Final layout:
-    predictions-SSSSS-of-NNNNN.{jsonl,csv}     errors-SSSSS-of-NNNNN.jsonl
+    predictions-SSSSS-of-NNNNN.SUFFIX            errors-SSSSS-of-NNNNN.jsonl
+    (SUFFIX: the output format's, e.g. jsonl, csv, parquet, tfrecord, tfrecord.gz)
     metrics/shard_latency-SSSSS-of-NNNNN.jsonl  metrics/model_loads-SSSSS-of-NNNNN.jsonl
     metrics/summary.json  metrics/errors_by_type.json  manifest.json  _SUCCESS
 """
@@ -27,12 +29,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms import formats
+from transforms.formats.base import ColumnType
 from transforms.metrics import ALL, percentiles_ms
 from transforms.sink import Sink
 
-__all__ = ["WriteStagedFilesDoFn", "WritePredictions", "WriteJsonLines", "final_names",
-           "WriteMetricsDoFn", "build_reports", "errors_by_type_report", "model_load_stats",
-           "build_manifest", "FinalizeDoFn"]
+__all__ = ["WriteStagedFilesDoFn", "WritePredictionFilesDoFn", "WritePredictions",
+           "WriteJsonLines", "final_names", "WriteMetricsDoFn", "build_reports",
+           "errors_by_type_report", "model_load_stats", "build_manifest", "FinalizeDoFn"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -87,25 +90,66 @@ class WriteStagedFilesDoFn(beam.DoFn):
             yield GlobalWindows.windowed_value(self._path)
 
 
+class WritePredictionFilesDoFn(beam.DoFn):
+    """Prediction batches -> one staged file per bundle in an output format,
+    `predictions-<uuid>.SUFFIX` under the staging dir, written through the format's
+    `open_writer`; emits the file's path when the bundle ends. What `WriteStagedFilesDoFn`
+    guarantees holds here too: a retried bundle writes a new file, and only the paths of
+    bundles that committed reach Finalize."""
+
+    def __init__(self, staging: str, family: str, output_format, key_field: str | None,
+                 output_names: list[str], column_types: dict[str, ColumnType]):
+        self._staging = staging
+        self._family = family
+        self._format = output_format
+        self._key_field = key_field
+        self._output_names = output_names
+        self._column_types = column_types
+
+    def start_bundle(self):
+        self._fh = None
+        self._writer = None
+        self._path = None
+
+    def process(self, batch):
+        if not len(batch):
+            return
+        if self._writer is None:
+            self._path = _join(self._staging,
+                               f"{self._family}-{uuid.uuid4().hex}{self._format.suffix}")
+            self._fh = FileSystems.create(self._path,
+                                          compression_type=CompressionTypes.UNCOMPRESSED)
+            self._writer = self._format.open_writer(self._fh, self._key_field,
+                                                    self._output_names, self._column_types)
+        self._writer.write(batch)
+
+    def finish_bundle(self):
+        if self._writer is not None:
+            self._writer.close()
+            self._fh.close()
+            self._writer = self._fh = None
+            yield GlobalWindows.windowed_value(self._path)
+
+
 class WritePredictions(beam.PTransform):
     """Prediction batches -> staged `predictions-<uuid>` files in an output format (a
-    registered format's name, looked up here: the step carries the format itself)."""
+    registered format's name, looked up here: the step carries the format itself).
+    `column_types`: what is known of each column before the first row (`ColumnType`), for
+    formats that declare a schema."""
 
     def __init__(self, staging: str, output_format: str, key_field: str | None,
-                 output_names: list[str]):
+                 output_names: list[str], column_types: dict[str, ColumnType] | None = None):
         super().__init__()
         self._staging = staging
         self._format = formats.output_format(output_format)
         self._key_field = key_field
         self._output_names = output_names
+        self._column_types = dict(column_types or {})
 
     def expand(self, batches):
-        out = self._format
-        text = batches | f"Format{out.name.capitalize()}" >> beam.Map(
-            out.encode, self._key_field).with_output_types(bytes)
-        return text | "WriteFiles" >> beam.ParDo(WriteStagedFilesDoFn(
-            self._staging, "predictions", out.suffix,
-            out.header(self._key_field, self._output_names)))
+        return batches | "WriteFiles" >> beam.ParDo(WritePredictionFilesDoFn(
+            self._staging, "predictions", self._format, self._key_field, self._output_names,
+            self._column_types))
 
 
 class WriteJsonLines(beam.PTransform):
@@ -261,25 +305,26 @@ class FinalizeDoFn(beam.DoFn):
     see `transforms.sink`."""
 
     def __init__(self, sink: Sink, run_id: str, overwrite: bool,
-                 expected: dict[str, tuple[str, bytes | None]] | None = None):
+                 expected: dict[str, tuple[str, bytes]] | None = None):
         self._sink = sink
         self._run_id = run_id
         self._staging = sink.staging_location(run_id)
         self._overwrite = overwrite
-        # family -> (suffix, header): an empty file (header only) when no bundle wrote one
+        # family -> (suffix, content): the file of no rows (a header line, a Parquet schema,
+        # nothing) that the family gets when no bundle wrote one
         self._expected = expected or {}
 
     def _with_empty_families(self, staged: list[str]) -> list[str]:
         root = self._staging.rstrip("/") + "/"
         families = {m["family"] for m in (_STAGED_NAME.match(f[len(root):]) for f in staged)
                     if m}
-        for family, (suffix, header) in self._expected.items():
+        for family, (suffix, content) in self._expected.items():
             if family not in families:
                 path = _join(self._staging, f"{family}-{'0' * 32}{suffix}")
                 if not FileSystems.exists(path):  # a retry finds it written, or moved
                     with FileSystems.create(
                             path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
-                        fh.write(header + b"\n" if header is not None else b"")
+                        fh.write(content)
                 staged.append(path)
         return staged
 

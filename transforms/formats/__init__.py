@@ -15,6 +15,9 @@ from __future__ import annotations
 
 from transforms.errors import InputError, OptionsError
 from transforms.formats import csv_input, csv_output, jsonl_output, tfrecord_input
+from transforms.formats import jsonl_input
+from transforms.formats import parquet_input
+from transforms.formats import parquet_output, tfrecord_output
 from transforms.formats.base import InputFormat, OutputFormat
 
 __all__ = ["INPUT_FORMATS", "OUTPUT_FORMATS", "InputFormat", "OutputFormat",
@@ -54,8 +57,13 @@ def register_output_format(fmt: OutputFormat) -> OutputFormat:
 
 register_input_format(tfrecord_input.TFRECORD)
 register_input_format(csv_input.CSV)
+register_input_format(jsonl_input.JSONL)
+register_input_format(parquet_input.PARQUET)
 register_output_format(jsonl_output.JSONL)
 register_output_format(csv_output.CSV)
+register_output_format(parquet_output.PARQUET)
+register_output_format(tfrecord_output.TFRECORD)
+register_output_format(tfrecord_output.TFRECORD_GZIP)
 
 
 def input_format(name: str) -> InputFormat:

@@ -20,8 +20,11 @@ first record, that record's index and line number. A block is then a byte slice 
 records whose identity is known, and `read_block` reads it alone with the same result as the
 serial reader gives for those records (indices, line numbers, error rows, messages).
 
-An **output format** turns one prediction batch into the text of its rows, and names the
-suffix and the first line of its files.
+An **output format** writes prediction batches into one file (`OutputFormat.open_writer`):
+a text format only turns a batch into the lines of its rows (`encode`) and names the first line
+of its files (`header`); a binary one (Parquet, TFRecord) writes its own framing, with the
+columns' dtypes and shapes known before the first row (`ColumnType`). Each names its files'
+suffix.
 """
 from __future__ import annotations
 
@@ -44,8 +47,8 @@ if TYPE_CHECKING:
     from transforms.records import Batch
 
 __all__ = ["DEFAULT_MAX_RECORD_BYTES", "READ_CHUNK", "PAYLOAD_KEEP", "InputFormat",
-           "OutputFormat", "SplitIndex", "open_shard", "open_range", "shard_stream",
-           "ReadAhead", "is_gzip"]
+           "OutputFormat", "ColumnType", "PredictionWriter", "LinesWriter", "SplitIndex",
+           "open_shard", "open_range", "shard_stream", "ReadAhead", "is_gzip"]
 
 # The largest record (TFRecord frame or CSV line) read into memory; a larger one is an error
 # row, so that a corrupt length field or a file with no line ends cannot exhaust memory.
@@ -179,13 +182,60 @@ class InputFormat(abc.ABC):
         raise NotImplementedError
 
 
+@dataclasses.dataclass(frozen=True)
+class ColumnType:
+    """What is known before the first row of one output column: its dtype (TensorFlow's name:
+    "float32", "int64", "string", "bool", ...) and the shape of one row's value: () a scalar,
+    (4,) a vector, (2, 3) a matrix, None in a dimension whose length the model does not
+    declare, `shape` None when not even the rank is known. A binary format builds its schema
+    from these; what is unknown is taken from the first batch it writes."""
+    dtype: str
+    shape: tuple | None = ()
+
+
+class PredictionWriter(abc.ABC):
+    """Writes prediction batches into one open binary stream, in one output format."""
+
+    @abc.abstractmethod
+    def write(self, batch) -> None:
+        """Append the rows of a `PredictionBatch` (at least one row)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Write what ends the file (a footer, the end of a compressed stream). Closing the
+        stream is the caller's: it may hold a complete file without a row."""
+
+
+class LinesWriter(PredictionWriter):
+    """A text format's file: the header line (if any), then each batch's rows as lines."""
+
+    def __init__(self, fh, header: bytes | None, encode, key_field: str | None):
+        self._fh, self._encode, self._key_field = fh, encode, key_field
+        if header is not None:
+            fh.write(header + b"\n")
+
+    def write(self, batch) -> None:
+        block = self._encode(batch, self._key_field)
+        if block:
+            self._fh.write(block)
+            self._fh.write(b"\n")
+
+    def close(self) -> None:
+        pass
+
+
 class OutputFormat(abc.ABC):
     """One kind of predictions file: what `--output_format NAME` writes.
 
-    Files are `predictions-SSSSS-of-NNNNN` + `suffix` (".jsonl"); `header` is the first line
-    of every file, or None; `encode` gives one batch's rows as lines joined by "\\n" (no
-    newline at the end). The key column comes first (or `shard`, `index` without a key), then
-    every model output in name order (`transforms.formats.json_columns.row_columns`).
+    Files are `predictions-SSSSS-of-NNNNN` + `suffix` (".jsonl"), one per bundle of the
+    writing step, each written through `open_writer`. Rows hold the key column first (or
+    `shard`, `index` without a key), then every model output in name order
+    (`transforms.formats.json_columns.row_columns`).
+
+    A text format implements `encode` (one batch's rows as lines joined by "\\n", no newline at
+    the end) and may name a `header` line; the default writer writes those. A binary format
+    overrides `open_writer` instead. A run that scores no record still gets one file of the
+    family: `empty_file`, what the format's writer gives for no rows.
     """
     name: str
     suffix: str
@@ -193,9 +243,25 @@ class OutputFormat(abc.ABC):
     def header(self, key_field: str | None, output_names: list[str]) -> bytes | None:
         return None
 
-    @abc.abstractmethod
     def encode(self, batch, key_field: str | None) -> bytes:
-        """The rows of a `PredictionBatch` as text."""
+        """The rows of a `PredictionBatch` as text (text formats)."""
+        raise NotImplementedError(f"output format {self.name!r} writes through open_writer")
+
+    def open_writer(self, fh, key_field: str | None, output_names: list[str],
+                    column_types: dict[str, ColumnType]) -> PredictionWriter:
+        """A writer of prediction batches into the binary stream `fh` (a new, empty file).
+        `output_names` are the model output columns; `column_types` maps the row's columns
+        (key or shard and index, and outputs) to what is known of them (a column missing from
+        it is known from the first batch only)."""
+        return LinesWriter(fh, self.header(key_field, output_names), self.encode, key_field)
+
+    def empty_file(self, key_field: str | None, output_names: list[str],
+                   column_types: dict[str, ColumnType]) -> bytes:
+        """The content of a file of this format without a row (a header line, a Parquet
+        schema with no row group, nothing at all)."""
+        buf = io.BytesIO()
+        self.open_writer(buf, key_field, output_names, column_types).close()
+        return buf.getvalue()
 
 
 def open_shard(path: str):
