@@ -22,6 +22,8 @@ from pipeline.options import DEFAULT_BATCH_SIZE, BatchPredictOptions
 from transforms import metrics as m
 from transforms.feature_spec import FeatureSpec
 from transforms.parse import ParseWithSpecDoFn
+from transforms.passthrough import PassthroughReader, passthrough_plan
+from transforms.formats.json_columns import value_columns
 from transforms.predict import PredictDoFn, key_output_plan, output_columns
 from transforms import formats
 from transforms.formats.base import DEFAULT_MAX_RECORD_BYTES, ColumnType, InputFormat
@@ -72,6 +74,13 @@ class JobPlan:
     # what is known of each row column before the first row (dtype, shape of one value), for
     # output formats that declare a schema (transforms.formats.base.ColumnType)
     column_types: dict = dataclasses.field(default_factory=dict)
+    # --passthrough_fields: input fields copied into the rows (transforms.passthrough.FieldType)
+    passthrough: tuple = ()
+
+    @property
+    def value_columns(self) -> list[str]:
+        """The row columns after the key (or shard and index), in row order."""
+        return value_columns([f.name for f in self.passthrough], self.output_names)
 
     def release(self) -> None:
         if self.claim is not None:
@@ -107,6 +116,28 @@ def column_types(key_field: str | None, key_dtype: str, outputs, key_output: tup
         shape = tuple(t.shape[1:]) if t.shape else None  # () or None: the rank is not known
         types[name] = ColumnType(t.dtype, shape)
     return types
+
+
+def _passthrough(opts, spec: FeatureSpec, outputs: list[str], reader: InputFormat,
+                 first_file: str) -> list:
+    """The --passthrough_fields with their types (transforms.passthrough); InputError for a
+    field the job cannot copy."""
+    if not opts.passthrough_fields:
+        return []
+    names = [n.strip() for n in opts.passthrough_fields.split(",")]
+
+    def source_type(name):
+        return reader.field_type(first_file, name, opts.max_record_bytes)
+    try:
+        fields = passthrough_plan(names, spec, opts.key_field, outputs, source_type,
+                                  reader.keys_in_examples)
+    except ValueError as e:
+        raise InputError(str(e) if "first input" not in str(e)
+                         else f"{e} ({first_file})") from None
+    _LOG.info("plan: rows also hold %s", ", ".join(
+        f"{f.name} ({f.column.dtype}{' list' if f.column.shape not in ((), None) else ''})"
+        for f in fields))
+    return fields
 
 
 def _local_worker_processes(opts: BatchPredictOptions) -> bool:
@@ -227,10 +258,13 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
     # their dtypes and shapes
     declared = getattr(getattr(loaded, "info", None), "outputs", ())
     types = column_types(opts.key_field, key_type, declared, key_output)
+    outputs = output_columns(list(model.output_names), key_output)
+    passthrough = _passthrough(opts, model.spec, outputs, reader, files[0][0])
+    types.update({f.name: f.column for f in passthrough})
     # an output the format cannot hold (a complex number in Parquet) is refused here, before
     # the output dir is claimed: its file of no rows is what the format's writer checks first
     formats.output_format(opts.output_format).empty_file(
-        opts.key_field, output_columns(list(model.output_names), key_output), types)
+        opts.key_field, value_columns([f.name for f in passthrough], outputs), types)
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime(start)) + "-" + \
         uuid.uuid4().hex[:8]
     _hint_local_workers(opts)
@@ -259,6 +293,7 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
         "input_bytes": sum(s for _, s in files), "batch_size": opts.batch_size,
         "split_bytes": split, "reshuffle_batches": spread,
         "output_format": opts.output_format, "key_field": opts.key_field,
+        "passthrough_fields": [f.name for f in passthrough],
     }
     auto_batch = opts.batch_size == "auto"
     shared_model = shared.Shared()
@@ -273,7 +308,7 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
             held.release()
             raise
     return JobPlan(files=files, input_format=input_format, model=config,
-                   output_names=output_columns(list(model.output_names), key_output),
+                   output_names=outputs, passthrough=tuple(passthrough),
                    key_output=key_output, sink=sink, output_dir=sink.location,
                    staging_dir=sink.staging_location(run_id), claim=held,
                    output_format=opts.output_format,
@@ -291,6 +326,7 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
     staging = plan.staging_dir
     key = plan.model.key_field
     csv_columns = list(plan.model.spec) + ([key] if key and key not in plan.model.spec else [])
+    csv_columns += [f.name for f in plan.passthrough if f.name not in csv_columns]
     read = p | "Read" >> ReadRecordBatches([f for f, _ in plan.files], plan.input_format,
                                            plan.batch_size, columns=csv_columns,
                                            max_record_bytes=plan.max_record_bytes,
@@ -300,7 +336,8 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
     if plan.reshuffle:  # model compute on every worker, however few the reads
         batches = batches | "SpreadBatches" >> beam.Reshuffle()
     parsed = batches | "ParseWithSpec" >> beam.ParDo(
-        ParseWithSpecDoFn(plan.model.spec, plan.model.key_field, plan.list_separator)
+        ParseWithSpecDoFn(plan.model.spec, plan.model.key_field, plan.list_separator,
+                          PassthroughReader(plan.passthrough) if plan.passthrough else None)
     ).with_output_types(Batch).with_outputs("errors", main="records")
     predict_kwargs = {"shared_handle": plan.shared_model,
                       "concurrent_calls": plan.model.concurrent_calls}
@@ -318,7 +355,7 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
 
     written = []
     written.append(scored.predictions | "WritePredictions" >> WritePredictions(
-        staging, plan.output_format, plan.model.key_field, plan.output_names,
+        staging, plan.output_format, plan.model.key_field, plan.value_columns,
         plan.column_types))
     errors = ((read.errors, parsed.errors, scored.errors)
               | "AllErrors" >> beam.Flatten())
@@ -347,6 +384,6 @@ def expected_files(plan: JobPlan) -> dict[str, tuple[str, bytes]]:
     row was written to it)}: a header line, a Parquet file with the schema and no row, or
     nothing at all."""
     out = formats.output_format(plan.output_format)
-    return {"predictions": (out.suffix, out.empty_file(plan.model.key_field, plan.output_names,
+    return {"predictions": (out.suffix, out.empty_file(plan.model.key_field, plan.value_columns,
                                                        plan.column_types)),
             "errors": (".jsonl", b"")}

@@ -102,6 +102,16 @@ def _patterns(text: str) -> str:
     return text
 
 
+def _field_names(text: str) -> str:
+    """Comma-separated field names, none empty (`a,,b` or a trailing comma is a typo)."""
+    names = [n.strip() for n in text.split(",")]
+    if not text.strip() or any(not n for n in names):
+        raise argparse.ArgumentTypeError(
+            f"names an empty field in {text!r}; give comma-separated feature or column names, "
+            "e.g. 'customer_id,region'")
+    return text
+
+
 def _list_separator(text: str) -> str:
     """A CSV cell's value separator: a newline, carriage return or quote in it would split or
     quote the row itself, and an empty one cannot split anything."""
@@ -150,6 +160,11 @@ class BatchPredictOptions(PipelineOptions):
             type=_text("a feature or column name, or leave the option out"),
             help="feature/column copied into every prediction row to join on; without it rows "
                  "carry their source shard and record index")
+        parser.add_argument(
+            "--passthrough_fields", type=_field_names, default=None,
+            help="comma-separated input fields (columns or tf.Example features) copied into "
+                 "every prediction row after the key, with their type (a spec feature as the "
+                 "model got it); an unknown field is refused at start-up")
         parser.add_argument(
             "--key_dtype", choices=["auto", "string", "int64", "float32"], default="auto",
             help="dtype of --key_field in tf.Examples: auto = the spec's dtype if the key is a "

@@ -336,7 +336,7 @@ def _batch() -> tuple[PredictionBatch, dict]:
 def test_parquet_writer_keeps_every_dtype_and_shape():
     batch, types = _batch()
     buf = io.BytesIO()
-    writer = OUTPUT_FORMATS["parquet"].open_writer(buf, "id", list(batch.outputs), types)
+    writer = OUTPUT_FORMATS["parquet"].open_writer(buf, "id", sorted(batch.outputs), types)
     writer.write(batch)
     writer.close()
     schema, rows = parquet_rows([buf.getvalue()])
@@ -360,7 +360,7 @@ def test_parquet_writer_keeps_every_dtype_and_shape():
     csv_cells = to_csv(batch, "id").decode().splitlines()
     assert [c.split(",")[0] for c in csv_cells] == ['"k0"', '"{""b64"":""a/8=""}"', '"\u00fc"']
     # a file without rows: the same schema
-    empty = OUTPUT_FORMATS["parquet"].empty_file("id", list(batch.outputs), types)
+    empty = OUTPUT_FORMATS["parquet"].empty_file("id", sorted(batch.outputs), types)
     assert parquet_rows([empty])[0].equals(schema)
 
 
@@ -370,7 +370,7 @@ def test_tfrecord_writer_frames_examples_that_tensorflow_reads(tmp_path):
     for fmt in ("tfrecord", "tfrecord_gzip"):
         path = str(tmp_path / ("p" + SUFFIX[fmt]))
         with open(path, "wb") as fh:
-            writer = OUTPUT_FORMATS[fmt].open_writer(fh, "id", list(batch.outputs), types)
+            writer = OUTPUT_FORMATS[fmt].open_writer(fh, "id", sorted(batch.outputs), types)
             writer.write(batch)
             writer.write(batch)
             writer.close()
@@ -387,7 +387,7 @@ def test_tfrecord_writer_frames_examples_that_tensorflow_reads(tmp_path):
         assert r["var"] == ("int64_list", [2, 3]) and r["none"] == ("float_list", [])
         empty = str(tmp_path / ("empty" + SUFFIX[fmt]))
         with open(empty, "wb") as fh:
-            fh.write(OUTPUT_FORMATS[fmt].empty_file("id", list(batch.outputs), types))
+            fh.write(OUTPUT_FORMATS[fmt].empty_file("id", sorted(batch.outputs), types))
         assert tfrecord_examples([empty], fmt == "tfrecord_gzip") == []
         for name in (path, empty):  # a complete gzip stream (trailer included) of the same
             data = open(name, "rb").read()  # bytes as the plain file

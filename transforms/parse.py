@@ -312,9 +312,29 @@ def _key_values(cells, key_field: str) -> tuple[np.ndarray, dict[int, tuple[str,
                   for i in np.flatnonzero(empty)}
 
 
+def _source_values(batch: ColumnBatch, name: str, ctype) -> list:
+    """One Python value per row of a column batch's column (None where null or absent, or an
+    empty CSV cell): text for a column typed as text (a timestamp as its ISO text), else as
+    the source types it."""
+    if not batch.has_column(name):
+        return [None] * len(batch)
+    cells = batch.column(name)
+    if batch.header is not None:  # CSV text: an empty cell is an absent value
+        values = cells.to_pylist() if isinstance(cells, pa.Array) else list(cells)
+        return [v if v != "" else None for v in values]
+    if pa.types.is_dictionary(cells.type):
+        cells = cells.dictionary_decode()
+    t = cells.type
+    if ctype.dtype == "string" and ctype.shape == () and not (
+            _text_type(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)):
+        cells = cells.cast(pa.string())
+    return cells.to_pylist()
+
+
 def columns_to_examples(batch: ColumnBatch, spec: FeatureSpec, key_field: str | None,
-                        sep: str = "|") -> tuple[RecordBatch | None, list[dict]]:
-    """Convert a column batch; returns the good rows as a RecordBatch and error rows."""
+                        sep: str = "|", passthrough=None) -> tuple[RecordBatch | None, list[dict]]:
+    """Convert a column batch; returns the good rows as a RecordBatch and error rows.
+    `passthrough`: a `transforms.passthrough.PassthroughReader` for --passthrough_fields."""
     n = len(batch)
     problem = (header_problem(batch.header, spec, key_field) if batch.header is not None
                else None)
@@ -367,7 +387,18 @@ def columns_to_examples(batch: ColumnBatch, spec: FeatureSpec, key_field: str | 
     if n == 0:
         return None, errors
     serialized = encode_examples(columns, n)
-    return RecordBatch(batch.shard, serialized, indices, keys=keys, lines=lines), errors
+    records = RecordBatch(batch.shard, serialized, indices, keys=keys, lines=lines)
+    if passthrough is None:
+        return records, errors
+    rows = np.flatnonzero(keep) if bad else np.arange(n)
+    source = {}
+    for f in passthrough.fields:
+        if f.feature is None and not f.in_examples:
+            values = _source_values(batch, f.name, f.column)
+            source[f.name] = [values[i] for i in rows]
+    records, more = passthrough.attach(records, source,
+                                       payload=lambda i: batch.row_text(int(rows[i])))
+    return records, sorted(errors + more, key=lambda e: e["index"])
 
 
 class ParseWithSpecDoFn(beam.DoFn):
@@ -377,10 +408,12 @@ class ParseWithSpecDoFn(beam.DoFn):
     in Arrow and numpy, which release the GIL, so batch k is converted while this thread
     formats and writes the predictions of batch k-1. Outputs keep their order."""
 
-    def __init__(self, spec: FeatureSpec, key_field: str | None, list_separator: str = "|"):
+    def __init__(self, spec: FeatureSpec, key_field: str | None, list_separator: str = "|",
+                 passthrough=None):
         self._spec = spec
         self._key_field = key_field
         self._sep = list_separator
+        self._passthrough = passthrough  # transforms.passthrough.PassthroughReader, or None
 
     def setup(self):
         from concurrent.futures import ThreadPoolExecutor
@@ -397,11 +430,19 @@ class ParseWithSpecDoFn(beam.DoFn):
     def process(self, batch):
         if isinstance(batch, RecordBatch):
             yield from self._flush()  # keep the order when formats are mixed
-            yield batch
+            if self._passthrough is None:
+                yield batch
+                return
+            batch, errors = self._passthrough.attach(batch)
+            self._metrics.parse_errors.inc(len(errors))
+            for row in errors:
+                yield beam.pvalue.TaggedOutput("errors", row)
+            if batch is not None:
+                yield batch
             return
         previous = self._flush()
         self._pending = self._pool.submit(columns_to_examples, batch, self._spec,
-                                          self._key_field, self._sep)
+                                          self._key_field, self._sep, self._passthrough)
         yield from previous
 
     def finish_bundle(self):

@@ -54,6 +54,8 @@ class PredictionBatch(Batch):
     keys: np.ndarray | None          # the --key_field values, when asked for
     outputs: dict[str, np.ndarray]   # output name -> [n, ...] array
     shard_counts: list[tuple[str, int]] | None = None  # rows per shard, when known
+    # --passthrough_fields: field -> one value per row, in the order the user named them
+    passthrough: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -84,6 +86,9 @@ class _Chunk:
                      if all(p.keys is not None for p in parts) else None)
         self.lines = (np.concatenate([p.lines for p in parts])
                       if all(p.lines is not None for p in parts) else None)
+        self.passthrough = ({name: np.concatenate([p.passthrough[name] for p in parts])
+                             for name in parts[0].passthrough}
+                            if all(p.passthrough is not None for p in parts) else None)
 
     def shard_counts(self, positions: np.ndarray) -> list[tuple[str, int]]:
         counts = np.bincount(self.shard_ids[positions], minlength=len(self.shard_names))
@@ -94,7 +99,9 @@ def _split(batch: RecordBatch, n: int) -> tuple[RecordBatch, RecordBatch]:
     def part(sl):
         return RecordBatch(batch.shard, batch.serialized[sl], batch.indices[sl],
                            None if batch.keys is None else batch.keys[sl],
-                           None if batch.lines is None else batch.lines[sl])
+                           None if batch.lines is None else batch.lines[sl],
+                           None if batch.passthrough is None else
+                           {k: v[sl] for k, v in batch.passthrough.items()})
     return part(slice(None, n)), part(slice(n, None))
 
 
@@ -353,8 +360,10 @@ class PredictDoFn(beam.DoFn):
         self._metrics.predicted.inc(n)
         self._scored_since_log += n
         self._log_progress()
+        passthrough = (None if chunk.passthrough is None else
+                       {k: v[positions] for k, v in chunk.passthrough.items()})
         yield PredictionBatch(chunk.shards[positions], chunk.indices[positions], keys, outputs,
-                              chunk.shard_counts(positions))
+                              chunk.shard_counts(positions), passthrough)
 
     def _score_range(self, chunk: _Chunk, positions: np.ndarray, results: list, errors: list,
                      attempt=None):

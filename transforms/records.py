@@ -84,6 +84,8 @@ class RecordBatch(Batch):
     indices: np.ndarray             # int64 record index within the shard
     keys: np.ndarray | None = None  # key column when the reader has it (CSV)
     lines: np.ndarray | None = None  # CSV start line numbers
+    # --passthrough_fields: field -> one value per record (transforms.passthrough)
+    passthrough: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.serialized)

@@ -153,6 +153,12 @@ class InputFormat(abc.ABC):
         """A start-up check of the job's first input, before any worker starts: raises
         transforms.errors.InputError for a file the job could not use. Nothing by default."""
 
+    def field_type(self, path: str, name: str, max_record_bytes: int) -> ColumnType | None:
+        """The type of field `name`, which the spec does not have, as the job's first input
+        `path` holds it (for --passthrough_fields; `transforms.passthrough`), or None when it
+        is not there. Raises ValueError for a field of a type passthrough does not copy."""
+        return None
+
     # --- splitting (only for formats with `splittable` True) ----------------------------------
     # True when the three methods below are implemented; gzip files are never split
     splittable: bool = False
@@ -240,27 +246,28 @@ class OutputFormat(abc.ABC):
     name: str
     suffix: str
 
-    def header(self, key_field: str | None, output_names: list[str]) -> bytes | None:
+    def header(self, key_field: str | None, columns: list[str]) -> bytes | None:
         return None
 
     def encode(self, batch, key_field: str | None) -> bytes:
         """The rows of a `PredictionBatch` as text (text formats)."""
         raise NotImplementedError(f"output format {self.name!r} writes through open_writer")
 
-    def open_writer(self, fh, key_field: str | None, output_names: list[str],
+    def open_writer(self, fh, key_field: str | None, columns: list[str],
                     column_types: dict[str, ColumnType]) -> PredictionWriter:
         """A writer of prediction batches into the binary stream `fh` (a new, empty file).
-        `output_names` are the model output columns; `column_types` maps the row's columns
-        (key or shard and index, and outputs) to what is known of them (a column missing from
-        it is known from the first batch only)."""
-        return LinesWriter(fh, self.header(key_field, output_names), self.encode, key_field)
+        `columns` are the row's columns after the key, in row order (passthrough fields,
+        then model outputs: `json_columns.value_columns`); `column_types` maps the row's
+        columns (key or shard and index, and the others) to what is known of them (a column
+        missing from it is known from the first batch only)."""
+        return LinesWriter(fh, self.header(key_field, columns), self.encode, key_field)
 
-    def empty_file(self, key_field: str | None, output_names: list[str],
+    def empty_file(self, key_field: str | None, columns: list[str],
                    column_types: dict[str, ColumnType]) -> bytes:
         """The content of a file of this format without a row (a header line, a Parquet
         schema with no row group, nothing at all)."""
         buf = io.BytesIO()
-        self.open_writer(buf, key_field, output_names, column_types).close()
+        self.open_writer(buf, key_field, columns, column_types).close()
         return buf.getvalue()
 
 

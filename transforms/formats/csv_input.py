@@ -58,9 +58,9 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from transforms.errors import InputError
-from transforms.formats.base import (DEFAULT_MAX_RECORD_BYTES, READ_CHUNK, InputFormat,
-                                     ReadAhead, SplitIndex, open_range, open_shard,
-                                     shard_stream)
+from transforms.formats.base import (DEFAULT_MAX_RECORD_BYTES, READ_CHUNK, ColumnType,
+                                     InputFormat, ReadAhead, SplitIndex, open_range,
+                                     open_shard, shard_stream)
 from transforms.formats.csv_reader import NOT_READ, arrow_header, iter_csv_blocks
 from transforms.parse import header_problem
 from transforms.records import CsvBatch, error_row
@@ -543,10 +543,17 @@ class CsvInput(InputFormat):
     def key_dtype(self, path: str, key: str, max_record_bytes: int) -> str:
         return "string"  # a column of text
 
-    def check_first_shard(self, path: str, spec, key_field: str | None,
-                          max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
-        """The header of the job's first input: raises InputError when it is unreadable or
-        when `transforms.parse.header_problem` finds fault with it."""
+    def field_type(self, path: str, name: str,
+                   max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> ColumnType | None:
+        """Text, when the first input's header names the column."""
+        first = self._first_item(path, max_record_bytes)
+        if first is not None and first[0] == "header" and name in first[1]:
+            return ColumnType("string", ())
+        return None
+
+    def _first_item(self, path: str, max_record_bytes: int):
+        """The first item the block reader gives for the file (its header, or what is wrong
+        with its first line), or None for an empty file."""
         stream, _ = open_shard(path)
         try:
             items = iter_csv_blocks(stream, [], block_bytes=64 << 10,
@@ -557,6 +564,13 @@ class CsvInput(InputFormat):
             raise InputError(f"cannot read the CSV header of {path}: {e}") from None
         finally:
             stream.close()
+        return first
+
+    def check_first_shard(self, path: str, spec, key_field: str | None,
+                          max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
+        """The header of the job's first input: raises InputError when it is unreadable or
+        when `transforms.parse.header_problem` finds fault with it."""
+        first = self._first_item(path, max_record_bytes)
         if first is None or first[0] == "ok":
             return
         if first[0] == "error":

@@ -19,9 +19,11 @@ if TYPE_CHECKING:
 __all__ = ["CsvOutput", "CSV", "csv_header", "to_csv"]
 
 
-def csv_header(key_field: str | None, output_names: list[str]) -> list[str]:
+def csv_header(key_field: str | None, columns: list[str]) -> list[str]:
+    """The header line's names: the key (or shard and index), then `columns`, the columns
+    after it in row order (`json_columns.value_columns`)."""
     first = [key_field] if key_field is not None else ["shard", "index"]
-    return first + sorted(output_names)
+    return first + list(columns)
 
 
 def to_csv(batch: PredictionBatch, key_field: str | None) -> bytes:
@@ -37,8 +39,10 @@ def to_csv(batch: PredictionBatch, key_field: str | None) -> bytes:
                 non_finite[len(arrays)] = values
             arrays.append(pa.array(values))
         elif values.ndim == 1:
-            arrays.append(pa.array([v if isinstance(v, str) else orjson.dumps(v).decode()
-                                    for v in decoded_list(values)], pa.string()))
+            # a null (a passthrough field without a value) is an empty cell
+            arrays.append(pa.array([v if isinstance(v, str) else "" if v is None else
+                                    orjson.dumps(v).decode() for v in decoded_list(values)],
+                                   pa.string()))
         else:
             arrays.append(pa.array([f.decode() for f in json_fragments(values)], pa.string()))
     if non_finite:
@@ -79,8 +83,8 @@ class CsvOutput(OutputFormat):
     name = "csv"
     suffix = ".csv"
 
-    def header(self, key_field: str | None, output_names: list[str]) -> bytes | None:
-        return ",".join(csv_header(key_field, output_names)).encode("utf-8")
+    def header(self, key_field: str | None, columns: list[str]) -> bytes | None:
+        return ",".join(csv_header(key_field, columns)).encode("utf-8")
 
     def encode(self, batch: PredictionBatch, key_field: str | None) -> bytes:
         return to_csv(batch, key_field)

@@ -28,7 +28,7 @@ import orjson
 if TYPE_CHECKING:
     from transforms.predict import PredictionBatch
 
-__all__ = ["decoded_list", "json_fragments", "row_columns"]
+__all__ = ["decoded_list", "json_fragments", "row_columns", "value_columns"]
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
@@ -38,6 +38,12 @@ def _b64(value: bytes) -> dict:
 
 
 def _decode(value):
+    if isinstance(value, (list, tuple)):  # a passthrough field's list
+        return [_decode(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return "NaN" if value != value else "Infinity" if value > 0 else "-Infinity"
+    if isinstance(value, np.generic):
+        return value.item()
     if isinstance(value, (bytes, np.bytes_)):
         try:
             return value.decode("utf-8")
@@ -120,9 +126,17 @@ def json_fragments(arr: np.ndarray) -> list[bytes]:
 
 
 def row_columns(batch: PredictionBatch, key_field: str | None) -> list[tuple[str, np.ndarray]]:
-    """The output columns in order: the key (or shard and index), then the model outputs."""
+    """The output columns in order: the key (or shard and index), the passthrough fields in
+    the order they were named, then the model outputs in name order."""
     if key_field is not None:
         cols = [(key_field, batch.keys)]
     else:
         cols = [("shard", batch.shards), ("index", batch.indices)]
+    if batch.passthrough:
+        cols += list(batch.passthrough.items())
     return cols + sorted(batch.outputs.items())
+
+
+def value_columns(passthrough: list[str], output_names: list[str]) -> list[str]:
+    """The names of the row columns after the key (or shard and index), in row order."""
+    return list(passthrough) + sorted(output_names)

@@ -671,6 +671,23 @@ class JsonlInput(InputFormat):
             stream.close()
         return "string"
 
+    def field_type(self, path: str, name: str,
+                   max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES):
+        """The passthrough type of the field's value in the first record that has it (of the
+        first 1,000), or None."""
+        from transforms.passthrough import json_field_type
+        stream, _ = open_shard(path)
+        try:
+            for record in _objects(stream, max_record_bytes, 1000):
+                value = record.get(name)
+                if value is not None:
+                    return json_field_type(name, value)
+        except (OSError, EOFError, zlib.error):
+            pass
+        finally:
+            stream.close()
+        return None
+
     def check_first_shard(self, path: str, spec, key_field: str | None,
                           max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
         """A first input that is one JSON document rather than JSON Lines (an array, or an

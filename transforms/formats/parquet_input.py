@@ -390,6 +390,15 @@ class ParquetInput(InputFormat):
                              "string, binary, integer or floating-point column")
         return dtype
 
+    def field_type(self, path: str, name: str,
+                   max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES):
+        """The passthrough type of the column's Arrow type (None: no such column)."""
+        from transforms.passthrough import arrow_field_type
+        schema = _schema(path)
+        if name not in schema.names:
+            return None
+        return arrow_field_type(name, schema.field(name).type)
+
     def check_first_shard(self, path: str, spec, key_field: str | None,
                           max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
         """The first input's footer and schema: InputError when it is not a readable Parquet

@@ -72,6 +72,12 @@ def column_type(name: str, declared: ColumnType | None, values: np.ndarray | Non
     dtype), in as many list levels as one row's value has dimensions: fixed-size where the
     declared shape gives the length, variable where it does not."""
     import pyarrow as pa
+    if values is not None and values.dtype == object and declared is not None \
+            and declared.dtype != "string":
+        values = None  # Python values (a passthrough field with nulls): the declared type
+    if values is not None and values.dtype == object and values.ndim == 1 and \
+            declared is not None and declared.shape not in ((), None):
+        values = None  # lists of Python values: the declared type
     if values is not None:
         leaf = _value_type(_dtype_name(values), name)
         rank = values.ndim - 1
@@ -124,6 +130,24 @@ def _leaf_array(flat: np.ndarray, leaf):
     return pa.array(np.ascontiguousarray(flat).astype(_numpy_dtype(leaf), copy=False), leaf)
 
 
+def _python_column(values: np.ndarray, arrow_type, leaf):
+    """An object array of Python values, lists and None (a passthrough field) as an Arrow
+    array: text as UTF-8, bytes that are not UTF-8 as `{"b64": ...}` text."""
+    import pyarrow as pa
+    text = pa.types.is_string(leaf)
+
+    def fix(v):
+        if v is None:
+            return None
+        if isinstance(v, (list, tuple)):
+            return [fix(x) for x in v]
+        if text:
+            d = decoded_list(np.array([v, None], dtype=object)[:1])[0]
+            return d if isinstance(d, str) else orjson.dumps(d).decode()
+        return v.item() if isinstance(v, np.generic) else v
+    return pa.array([fix(v) for v in values.tolist()], arrow_type)
+
+
 def arrow_column(values: np.ndarray, arrow_type):
     """One column's [n, ...] array as an Arrow array of `arrow_type` (`column_type`)."""
     import pyarrow as pa
@@ -131,6 +155,9 @@ def arrow_column(values: np.ndarray, arrow_type):
     while pa.types.is_list(leaf) or pa.types.is_fixed_size_list(leaf):
         levels.append(leaf)
         leaf = leaf.value_type
+    if values.dtype == object and values.ndim == 1 and (
+            levels or any(v is None for v in values.tolist())):
+        return _python_column(values, arrow_type, leaf)
     if values.ndim - 1 != len(levels):
         raise ValueError(f"an array of shape {values.shape} does not fit the column type "
                          f"{arrow_type}")
@@ -190,7 +217,7 @@ class _ParquetWriter(PredictionWriter):
         self._stream = _Stream(fh)
         self._key_field = key_field
         first = [key_field] if key_field is not None else ["shard", "index"]
-        self._names = first + sorted(output_names)
+        self._names = first + list(output_names)  # the columns after the key, in row order
         self._types = column_types
         for name in self._names:  # a dtype no column can hold is refused before any row
             if name in column_types:
@@ -237,9 +264,9 @@ class ParquetOutput(OutputFormat):
     name = "parquet"
     suffix = ".parquet"
 
-    def open_writer(self, fh, key_field: str | None, output_names: list[str],
+    def open_writer(self, fh, key_field: str | None, columns: list[str],
                     column_types: dict[str, ColumnType]) -> PredictionWriter:
-        return _ParquetWriter(fh, key_field, output_names, column_types)
+        return _ParquetWriter(fh, key_field, columns, column_types)
 
 
 PARQUET = ParquetOutput()

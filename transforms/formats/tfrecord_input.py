@@ -31,14 +31,16 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import InputError
 from transforms.formats.base import (DEFAULT_MAX_RECORD_BYTES, PAYLOAD_KEEP, READ_CHUNK,
-                                     InputFormat, SplitIndex, open_range, open_shard,
-                                     shard_stream)
+                                     ColumnType, InputFormat, SplitIndex, open_range,
+                                     open_shard, shard_stream)
 from transforms.records import RecordBatch, error_row
 
 __all__ = ["TFRecordInput", "TFRECORD", "RangeSummary", "iter_tfrecord_batches",
            "iter_tfrecords"]
 
 _LOG = logging.getLogger(__name__)
+# a tf.Example feature's kind -> the dtype its values are read as
+_KIND_DTYPES = {"bytes_list": "string", "int64_list": "int64", "float_list": "float32"}
 
 # --- framing ------------------------------------------------------------------------------------
 _MASK_DELTA = 0xA282EAD8
@@ -534,13 +536,13 @@ class TFRecordInput(InputFormat):
             stats["bytes"] = stream.raw.read_bytes
             stream.close()
 
-    def key_dtype(self, path: str, key: str,
-                  max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> str:
-        """The dtype of `key` in the first readable tf.Example of the file."""
+    def _features(self, path: str, max_record_bytes: int, limit: int = 1):
+        """The features of the first `limit` readable tf.Examples of the file."""
         import tensorflow as tf
         stream, _ = open_shard(path)
+        found = 0
         try:
-            # one record is enough; a corrupt length is an error item, never a huge allocation
+            # a corrupt length is an error item, never a huge allocation
             for item in iter_tfrecords(stream, chunk_bytes=64 << 10,
                                        max_record_bytes=max_record_bytes):
                 if item[0] != "ok":
@@ -549,16 +551,38 @@ class TFRecordInput(InputFormat):
                     feature = tf.train.Example.FromString(item[2]).features.feature
                 except Exception:
                     continue
-                if key not in feature:
-                    raise InputError(f"--key_field {key!r} is not a feature of the first record "
-                                     f"of {path} (it has: "
-                                     f"{', '.join(sorted(feature)) or 'nothing'})")
-                kind = feature[key].WhichOneof("kind")
-                return {"bytes_list": "string", "int64_list": "int64",
-                        "float_list": "float32"}[kind]
+                yield feature
+                found += 1
+                if found == limit:
+                    return
         finally:
             stream.close()
-        return "string"
+
+    def _first_features(self, path: str, max_record_bytes: int):
+        """The features of the first readable tf.Example of the file, or None."""
+        return next(self._features(path, max_record_bytes), None)
+
+    def key_dtype(self, path: str, key: str,
+                  max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> str:
+        """The dtype of `key` in the first readable tf.Example of the file."""
+        feature = self._first_features(path, max_record_bytes)
+        if feature is None:
+            return "string"
+        if key not in feature:
+            raise InputError(f"--key_field {key!r} is not a feature of the first record "
+                             f"of {path} (it has: {', '.join(sorted(feature)) or 'nothing'})")
+        return _KIND_DTYPES[feature[key].WhichOneof("kind")]
+
+    def field_type(self, path: str, name: str,
+                   max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> ColumnType | None:
+        """The kind `name` has in the first tf.Example of the file that holds it (of the
+        first 1,000): one value when it holds one there, else a list."""
+        for feature in self._features(path, max_record_bytes, 1000):
+            kind = feature[name].WhichOneof("kind") if name in feature else None
+            if kind is not None:
+                one = len(getattr(feature[name], kind).value) == 1
+                return ColumnType(_KIND_DTYPES[kind], () if one else (None,))
+        return None
 
 
 TFRECORD = TFRecordInput()

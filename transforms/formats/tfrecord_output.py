@@ -67,8 +67,36 @@ def _as_bytes(value) -> bytes:
     return bytes(value)
 
 
-def _feature_column(name: str, values: np.ndarray) -> FeatureColumn:
+def _python_feature_column(name: str, values: np.ndarray, dtype: str) -> FeatureColumn:
+    """An object array of Python values, lists and None (a passthrough field): a null is an
+    absent feature, a list its values, a value a list of one."""
+    dtype = _feature_dtype(dtype, name)
     n = len(values)
+    rows = [[] if v is None else list(v) if isinstance(v, (list, tuple)) else [v]
+            for v in values.tolist()]
+    rows = [[x for x in r if x is not None] for r in rows]  # a null inside a list: no value
+    width = max([len(r) for r in rows] + [1])
+    if dtype == "string":
+        flat = np.empty((n, width), dtype=object)
+        flat[:] = b""
+        for i, r in enumerate(rows):
+            flat[i, :len(r)] = [_as_bytes(x) for x in r]
+    else:
+        flat = np.zeros((n, width), dtype=np.float32 if dtype == "float32" else np.int64)
+        for i, r in enumerate(rows):
+            flat[i, :len(r)] = r
+    present = np.array([v is not None for v in values.tolist()], dtype=bool)
+    return FeatureColumn(name, dtype, flat, np.array([len(r) for r in rows], np.int64),
+                         present)
+
+
+def _feature_column(name: str, values: np.ndarray, ctype: ColumnType | None = None
+                    ) -> FeatureColumn:
+    n = len(values)
+    if values.dtype == object and values.ndim == 1 and ctype is not None and (
+            ctype.dtype != "string" or ctype.shape not in ((), None)
+            or any(v is None for v in values.tolist())):
+        return _python_feature_column(name, values, ctype.dtype)
     flat = values.reshape(n, -1) if values.ndim != 2 else values
     if values.dtype == object or values.dtype.kind in "SU":
         dtype = "string"
@@ -82,9 +110,12 @@ def _feature_column(name: str, values: np.ndarray) -> FeatureColumn:
                          np.ones(n, bool))
 
 
-def to_examples(batch: PredictionBatch, key_field: str | None) -> np.ndarray:
+def to_examples(batch: PredictionBatch, key_field: str | None,
+                column_types: dict[str, ColumnType] | None = None) -> np.ndarray:
     """The batch's rows as serialized tf.Examples (an object array of bytes)."""
-    columns = [_feature_column(name, values) for name, values in row_columns(batch, key_field)]
+    types = column_types or {}
+    columns = [_feature_column(name, values, types.get(name))
+               for name, values in row_columns(batch, key_field)]
     return encode_examples(columns, len(batch))
 
 
@@ -100,15 +131,17 @@ def frame_records(records) -> bytes:
 
 
 class _TfrecordWriter(PredictionWriter):
-    def __init__(self, fh, key_field: str | None, compress: bool):
+    def __init__(self, fh, key_field: str | None, compress: bool,
+                 column_types: dict[str, ColumnType]):
         self._key_field = key_field
+        self._types = column_types
         # no file name and a zero time in the gzip header: the same rows give the same bytes
         self._gzip = gzip.GzipFile(filename="", mode="wb", compresslevel=_GZIP_LEVEL,
                                    fileobj=fh, mtime=0) if compress else None
         self._out = self._gzip or fh
 
     def write(self, batch: PredictionBatch) -> None:
-        self._out.write(frame_records(to_examples(batch, self._key_field)))
+        self._out.write(frame_records(to_examples(batch, self._key_field, self._types)))
 
     def close(self) -> None:
         if self._gzip is not None:
@@ -120,11 +153,11 @@ class TfrecordOutput(OutputFormat):
     suffix = ".tfrecord"
     compress = False
 
-    def open_writer(self, fh, key_field: str | None, output_names: list[str],
+    def open_writer(self, fh, key_field: str | None, columns: list[str],
                     column_types: dict[str, ColumnType]) -> PredictionWriter:
         for name, ctype in column_types.items():  # refused before any row is written
             _feature_dtype(ctype.dtype, name)
-        return _TfrecordWriter(fh, key_field, self.compress)
+        return _TfrecordWriter(fh, key_field, self.compress, column_types)
 
 
 class TfrecordGzipOutput(TfrecordOutput):
