@@ -225,6 +225,17 @@ MUTANTS = [
            "                positions, values = positions[has_key], values[:int(has_key.sum())]",
            ("tests/test_predict_dofn.py::test_records_without_a_key_are_rejected_and_the_rest_"
             "keep_their_own_keys",)),
+    Mutant("passthrough values not realigned after records leave the model step",
+           "transforms/predict.py",
+           "{k: v[positions] for k, v in chunk.passthrough.items()})",
+           "{k: v[:len(positions)] for k, v in chunk.passthrough.items()})",
+           ("tests/test_passthrough.py::test_fields_stay_with_their_records_when_records_fail",)),
+    Mutant("a spec feature passed through as the source wrote it, not as the model got it",
+           "transforms/passthrough.py",
+           "        if name in spec:\n            plan.append(",
+           "        if name in spec and False:\n            plan.append(",
+           ("tests/test_passthrough.py::test_every_input_format_copies_the_fields_with_their_"
+            "parsed_values",)),
 ]
 
 
