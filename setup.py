@@ -29,6 +29,11 @@ TEST = [
     "hypothesis==6.170.15",
     "gcp-storage-emulator==2026.7.19",
     "google-cloud-dataflow-client==0.13.0",
+    # BigQuery on loopback: the emulator and the DuckDB extensions it would otherwise download
+    "bqemulator==1.4.0",
+    "duckdb==1.5.5",
+    "duckdb-extension-spatial==1.5.5",
+    "duckdb-extension-avro==1.5.5",
 ]
 
 setup(

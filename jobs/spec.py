@@ -64,7 +64,7 @@ class FlexTemplate:
 class JobSpec:
     name: str
     model: str
-    input: str
+    input: str | None  # None: options.input_query names the input
     output: str
     batch_size: int | str = DEFAULT_BATCH_SIZE
     error_budget: float = DEFAULT_MAX_ERROR_RATE
@@ -145,7 +145,12 @@ def from_dict(doc: dict, source: str | None = None) -> JobSpec:
     if not _NAME.match(name):
         raise SpecError(f"name {name!r} must be 2-40 lowercase letters, digits or '-', "
                         "starting with a letter (it becomes part of Dataflow job names)")
-    for key in ("model", "input", "output"):
+    # the input is files (input) or a BigQuery query (options.input_query), not both
+    queried = isinstance(doc.get("options"), dict) and \
+        doc["options"].get("input_query") is not None
+    if queried and doc.get("input") is not None:
+        raise SpecError("input and options.input_query both name the input; give one of them")
+    for key in ("model", "output") if queried else ("model", "input", "output"):
         _check_tokens(key, _require(doc, key, str))
     batch_size = doc.get("batch_size", DEFAULT_BATCH_SIZE)
     if batch_size != "auto" and (not isinstance(batch_size, int) or
@@ -199,7 +204,7 @@ def from_dict(doc: dict, source: str | None = None) -> JobSpec:
         if not spec_path.startswith("gs://"):
             raise SpecError("flex_template.spec must be the gs:// path of the template file")
         flex = FlexTemplate(spec_path, ft.get("image"))
-    spec = JobSpec(name=name, model=doc["model"], input=doc["input"], output=doc["output"],
+    spec = JobSpec(name=name, model=doc["model"], input=doc.get("input"), output=doc["output"],
                    batch_size=batch_size, error_budget=float(budget), options=dict(options),
                    runner=runner, runner_options=dict(runner_options), schedule=schedule,
                    flex_template=flex, description=doc.get("description", ""), source=source)
@@ -254,7 +259,8 @@ def _flag(key: str, value) -> list[str]:
 
 def pipeline_parameters(spec: JobSpec, run_date: dt.date) -> dict[str, object]:
     """The pipeline's own options for one run date (what the flex template takes)."""
-    params = {"model": render(spec.model, run_date), "input": render(spec.input, run_date),
+    params = {"model": render(spec.model, run_date),
+              "input": None if spec.input is None else render(spec.input, run_date),
               "output": render(spec.output, run_date), "batch_size": spec.batch_size,
               "max_error_rate": spec.error_budget, "overwrite": True}
     params.update({k: render(v, run_date) if isinstance(v, str) else v

@@ -14,11 +14,10 @@ from jobs.spec import pipeline_option_actions
 
 __all__ = ["TEMPLATE_NAME", "DESCRIPTION", "flex_template_metadata", "render_metadata"]
 
-__all__ = ["TEMPLATE_NAME", "DESCRIPTION", "flex_template_metadata", "render_metadata"]
-
 TEMPLATE_NAME = "batch-predict"
-DESCRIPTION = ("Batch prediction with a TensorFlow SavedModel: TFRecord/CSV in, predictions, "
-               "error rows, metrics, manifest.json and _SUCCESS out")
+DESCRIPTION = ("Batch prediction with a TensorFlow SavedModel: TFRecord, CSV, Parquet or JSONL "
+               "files or a BigQuery table or query in; predictions (files or a BigQuery "
+               "table), error rows, metrics, manifest.json and _SUCCESS out")
 
 
 def _label(dest: str) -> str:

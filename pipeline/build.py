@@ -20,6 +20,7 @@ from apache_beam.utils import shared
 
 from pipeline.options import DEFAULT_BATCH_SIZE, BatchPredictOptions
 from transforms import metrics as m
+from transforms.bigquery import TableSink, bigquery_input, output_sink
 from transforms.feature_spec import FeatureSpec
 from transforms.parse import ParseWithSpecDoFn
 from transforms.passthrough import PassthroughReader, passthrough_plan
@@ -33,12 +34,13 @@ from transforms.savedmodel import ModelConfig, SavedModelHandler
 from transforms.staging import default_cache_dir
 from transforms.errors import InputError, OutputError
 from transforms.output_dir import RUN_ID
-from transforms.sink import FileFamilySink, Sink
+from transforms.sink import Sink
 from transforms.worker import ModelHolder
 from transforms.write import (FinalizeDoFn, WriteJsonLines, WriteMetricsDoFn, WritePredictions,
                               build_reports)
 
-__all__ = ["JobPlan", "plan_job", "build_pipeline", "expected_files", "column_types"]
+__all__ = ["JobPlan", "plan_job", "build_pipeline", "read_step", "predictions_step",
+           "expected_files", "column_types"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -76,6 +78,8 @@ class JobPlan:
     column_types: dict = dataclasses.field(default_factory=dict)
     # --passthrough_fields: input fields copied into the rows (transforms.passthrough.FieldType)
     passthrough: tuple = ()
+    # a BigQuery table or query read instead of files (transforms.bigquery.BigQuerySource)
+    source: object = None
 
     @property
     def value_columns(self) -> list[str]:
@@ -207,16 +211,18 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
     start = time.time()
     if run_id is not None and not RUN_ID.fullmatch(run_id):
         raise OutputError(f"run id {run_id!r} is not of the form YYYYMMDDTHHMMSS-xxxxxxxx")
-    patterns = opts.input_patterns()
+    source = bigquery_input(opts)  # a table or a query: rows, not files
+    # the options' own consistency first (a table sink and a file format), then the inputs
+    sink = output_sink(opts, source.table if source is not None else None)
+    patterns = opts.input_patterns() if source is None else [source.location]
     if not patterns:
         raise InputError("--input is empty")
-    files = match_inputs(patterns)
-    reader = (formats.input_format(opts.input_format) if opts.input_format
-              else formats.infer_input_format([f for f, _ in files]))
+    files = match_inputs(patterns) if source is None else source.files()
+    reader = source or (formats.input_format(opts.input_format) if opts.input_format
+                        else formats.infer_input_format([f for f, _ in files]))
     input_format = reader.name
     _LOG.info("plan: %d input files (%s), %.1f MB", len(files), input_format,
               sum(s for _, s in files) / 1e6)
-    sink = FileFamilySink(opts.output)
     sink.check(opts.overwrite, [f for f, _ in files])
     given = FeatureSpec.load(opts.feature_spec) if opts.feature_spec else None
     # TensorFlow's own pools unless told otherwise: splitting the cores between local worker
@@ -265,6 +271,9 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
     # the output dir is claimed: its file of no rows is what the format's writer checks first
     formats.output_format(opts.output_format).empty_file(
         opts.key_field, value_columns([f.name for f in passthrough], outputs), types)
+    if isinstance(sink, TableSink):  # the table's schema, from the signature
+        sink.describe_rows(opts.key_field, value_columns([f.name for f in passthrough], outputs),
+                           types)
     run_id = run_id or time.strftime("%Y%m%dT%H%M%S", time.gmtime(start)) + "-" + \
         uuid.uuid4().hex[:8]
     _hint_local_workers(opts)
@@ -294,6 +303,7 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
         "split_bytes": split, "reshuffle_batches": spread,
         "output_format": opts.output_format, "key_field": opts.key_field,
         "passthrough_fields": [f.name for f in passthrough],
+        "output_table": opts.output_table,
     }
     auto_batch = opts.batch_size == "auto"
     shared_model = shared.Shared()
@@ -308,7 +318,7 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
             held.release()
             raise
     return JobPlan(files=files, input_format=input_format, model=config,
-                   output_names=outputs, passthrough=tuple(passthrough),
+                   output_names=outputs, passthrough=tuple(passthrough), source=source,
                    key_output=key_output, sink=sink, output_dir=sink.location,
                    staging_dir=sink.staging_location(run_id), claim=held,
                    output_format=opts.output_format,
@@ -327,11 +337,7 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
     key = plan.model.key_field
     csv_columns = list(plan.model.spec) + ([key] if key and key not in plan.model.spec else [])
     csv_columns += [f.name for f in plan.passthrough if f.name not in csv_columns]
-    read = p | "Read" >> ReadRecordBatches([f for f, _ in plan.files], plan.input_format,
-                                           plan.batch_size, columns=csv_columns,
-                                           max_record_bytes=plan.max_record_bytes,
-                                           split_bytes=plan.split_bytes,
-                                           sizes=[s for _, s in plan.files])
+    read = p | "Read" >> read_step(plan, csv_columns)
     batches = read.batches
     if plan.reshuffle:  # model compute on every worker, however few the reads
         batches = batches | "SpreadBatches" >> beam.Reshuffle()
@@ -354,9 +360,7 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
     ).with_output_types(Batch).with_outputs("errors", "latency", "model_loads", main="predictions")
 
     written = []
-    written.append(scored.predictions | "WritePredictions" >> WritePredictions(
-        staging, plan.output_format, plan.model.key_field, plan.value_columns,
-        plan.column_types))
+    written.append(scored.predictions | "WritePredictions" >> predictions_step(plan))
     errors = ((read.errors, parsed.errors, scored.errors)
               | "AllErrors" >> beam.Flatten())
     written.append(errors | "WriteErrors" >> WriteJsonLines(staging, "errors"))
@@ -379,10 +383,31 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
         *side)
 
 
+def read_step(plan: JobPlan, columns: list[str]) -> beam.PTransform:
+    """The plan's read: its files in record batches, or a BigQuery table or query in typed
+    batches; either way batches, error rows and shard stats."""
+    if plan.source is not None:
+        return plan.source.read_step(plan.batch_size, columns)
+    return ReadRecordBatches([f for f, _ in plan.files], plan.input_format, plan.batch_size,
+                             columns=columns, max_record_bytes=plan.max_record_bytes,
+                             split_bytes=plan.split_bytes, sizes=[s for _, s in plan.files])
+
+
+def predictions_step(plan: JobPlan) -> beam.PTransform:
+    """The plan's predictions writer: staged files in the output format, or rows loaded into
+    the table sink's staging table; either way what Finalize waits for."""
+    if isinstance(plan.sink, TableSink):
+        return plan.sink.write_rows(plan.model.key_field, plan.run_info["run_id"])
+    return WritePredictions(plan.staging_dir, plan.output_format, plan.model.key_field,
+                            plan.value_columns, plan.column_types)
+
+
 def expected_files(plan: JobPlan) -> dict[str, tuple[str, bytes]]:
     """The file families every run has: {family: (suffix, the content of its file when no
     row was written to it)}: a header line, a Parquet file with the schema and no row, or
-    nothing at all."""
+    nothing at all. With a table sink the predictions are rows of the table, not files."""
+    if isinstance(plan.sink, TableSink):
+        return {"errors": (".jsonl", b"")}
     out = formats.output_format(plan.output_format)
     return {"predictions": (out.suffix, out.empty_file(plan.model.key_field, plan.value_columns,
                                                        plan.column_types)),

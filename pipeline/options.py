@@ -16,6 +16,7 @@ from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
+from transforms.bigquery.tables import parse_input_table, parse_output_table
 from transforms.errors import OptionsError
 from transforms.formats import INPUT_FORMATS, OUTPUT_FORMATS
 from transforms.formats.base import DEFAULT_MAX_RECORD_BYTES
@@ -99,6 +100,19 @@ def _patterns(text: str) -> str:
     if not any(p.strip() for p in text.split(",")):
         raise argparse.ArgumentTypeError(
             f"names no file pattern, got {text!r}; give comma-separated globs, local or gs://")
+    if text.strip().startswith("bq://"):  # a BigQuery table, whole
+        try:
+            parse_input_table(text.strip())
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _output_table(text: str) -> str:
+    try:
+        parse_output_table(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return text
 
 
@@ -134,12 +148,27 @@ class BatchPredictOptions(PipelineOptions):
             help="SavedModel dir, or an export base dir of numeric timestamped versions (the "
                  "newest wins; temp-* dirs are ignored); local path or gs://")
         parser.add_argument(
-            "--input", required=True, type=_patterns,
-            help="comma-separated file patterns (globs), local or gs://")
+            "--input", default=None, type=_patterns,
+            help="comma-separated file patterns (globs), local or gs://; or a BigQuery table, "
+                 "bq://project.dataset.table (read with the Storage Read API; needs "
+                 "--key_field). Required unless --input_query is given")
+        parser.add_argument(
+            "--input_query", default=None, type=_text("a Standard SQL query"),
+            help="a Standard SQL query whose rows are the input, instead of --input (needs "
+                 "--key_field); it runs in Beam's --project, else in the project of the first "
+                 "project.dataset.table it names")
         parser.add_argument(
             "--output", required=True,
             type=_text("the output dir, a local path or gs://bucket/path"),
             help="output dir for predictions-*, errors-*, metrics/ and _SUCCESS")
+        parser.add_argument(
+            "--output_table", default=None, type=_output_table,
+            help="BigQuery table for the predictions, project:dataset.table (or "
+                 "project.dataset.table), optionally one day partition $YYYYMMDD; loaded into "
+                 "a staging table and copied into place when the run finalizes within its "
+                 "error budget (a table or partition holding rows is refused unless "
+                 "--overwrite). Errors, metrics, manifest.json and _SUCCESS still go to "
+                 "--output")
         by_extension = "; ".join(f"{', '.join(f.extensions)} -> {f.name}"
                                  for f in INPUT_FORMATS.values())
         parser.add_argument(
@@ -360,8 +389,16 @@ def check_argv(argv: Sequence[str] | None = None) -> None:
         namespace, extras = parser.parse_known_args(argv)
     if extras:
         raise OptionsError(_unknown(extras[0], parser))
-    missing = [a.option_strings[0] for a in required if getattr(namespace, a.dest) is None]
+    # the input is --input or --input_query: exactly one of them
+    if getattr(namespace, "input", None) is not None and \
+            getattr(namespace, "input_query", None) is not None:
+        raise OptionsError("--input and --input_query both name the input; give one of them")
+    queried = getattr(namespace, "input_query", None) is not None
+    missing = [a.option_strings[0] for a in parser._actions
+               if (a in required or (a.dest == "input" and not queried))
+               and getattr(namespace, a.dest) is None]
     if missing:
+        missing = [m + " (or --input_query)" if m == "--input" else m for m in missing]
         raise OptionsError(f"missing required option{'s' if len(missing) > 1 else ''} "
                            f"{', '.join(missing)} (e.g. --model gs://bucket/export/model "
                            "--input 'gs://bucket/data/part-*' --output gs://bucket/scores)")

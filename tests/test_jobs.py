@@ -111,7 +111,7 @@ def test_metadata_json_is_exactly_the_pipeline_options():
     params = json.loads(committed)["parameters"]
     assert {p["name"] for p in params} == pipeline_option_names()
     required = {p["name"] for p in params if not p["isOptional"]}
-    assert required == {"model", "input", "output"}
+    assert required == {"model", "output"}  # input, or input_query
     assert all(p["helpText"] for p in params)
 
 

@@ -268,7 +268,9 @@ def _value(v, name: str) -> tuple[int, bool, object]:
         raise _Bad("type_mismatch", f"column {name!r}: a list holds both numbers and strings")
     if strings:
         return _L_BIN, False, out
-    if non_finite:
+    if non_finite or not mask:
+        # mask 0: an integer float64 rounds beside a number that is not an int64 (a fraction,
+        # beyond int64): floats, which a float32 feature takes and an int64 one refuses anyway
         return _L_FLOAT, True, out
     return mask << 5, floats, out
 
