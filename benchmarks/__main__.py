@@ -53,12 +53,13 @@ SECTIONS = ("main", "scaling", "startup", "multiprocess", "batch", "split")
 # Split: 16 MiB ranges cut the 1M-record files (240 MiB TFRecord, 185 MiB CSV) into 15 and 12
 # ranges (--quick: 2 MiB, as many for 100k records).
 DEFAULTS = {"rows": 1_000_000, "heavy_rows": 120_000, "repeats": 3,
-            "scaling": "100000,500000,1000000,2000000", "output_formats": "jsonl,csv",
+            "scaling": "100000,500000,1000000,2000000", "output_formats": "jsonl,csv,parquet",
             "mp_rows": "100,120000,480000", "batch_sizes": "1024,2048,4096,8192,16384,auto",
             "split_rows": 1_000_000, "split_bytes_bench": 16 << 20}
 QUICK = {"rows": 100_000, "heavy_rows": 10_000, "repeats": 1,
          "scaling": "50000,200000", "output_formats": "jsonl", "mp_rows": "100,10000",
          "batch_sizes": "2048,8192", "split_rows": 100_000, "split_bytes_bench": 2 << 20}
+PEER_FORMATS = ("tfrecord", "csv")  # the input formats TF alone and RunInference read
 MP_ARGS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
 ONE_THREAD = ["--tf_intra_op_threads=1"]
 TWO_CALLS = ["--concurrent_model_calls=2"]
@@ -105,8 +106,10 @@ def parse_args(argv):
                    help=f"records for the heavy model (default {DEFAULTS['heavy_rows']})")
     p.add_argument("--repeats", type=int, help="rounds of every section (default 3)")
     p.add_argument("--models", default="small,heavy", help="models of the main section")
-    p.add_argument("--formats", default="tfrecord,csv", help="input formats")
-    p.add_argument("--output_formats", help="pipeline output formats (default jsonl,csv); "
+    p.add_argument("--formats", default="tfrecord,csv,parquet",
+                   help="input formats (TF alone and RunInference read tfrecord and csv)")
+    p.add_argument("--output_formats", help="pipeline output formats (default "
+                                            f"{DEFAULTS['output_formats']}); "
                                             "the RunInference peer writes the first")
     p.add_argument("--scaling", help="record counts for the scaling series, comma-separated "
                                      f"(default {DEFAULTS['scaling']})")
@@ -264,23 +267,28 @@ class Bench:
                     pattern = self.pattern(self.rows(m), f)
                     rec = {"round": rnd, "model": m, "format": f, "rows": self.rows(m),
                            "pipeline": {}, "peer": {}}
-                    log(f"round {rnd + 1}/{a.repeats} {m} {f} ({rec['rows']} rows): TF alone")
-                    before = self.tf_alone(self.model(m), pattern, f)
+                    # TF alone and RunInference read TFRecord and CSV; Parquet input is
+                    # compared with the pipeline's CSV input of the same round (report.py)
+                    peers = f in PEER_FORMATS
+                    log(f"round {rnd + 1}/{a.repeats} {m} {f} ({rec['rows']} rows)" +
+                        (": TF alone" if peers else ""))
+                    before = self.tf_alone(self.model(m), pattern, f) if peers else None
                     for of in a.output_formats:
                         log(f"  pipeline -> {of}")
                         rec["pipeline"][of] = self.pipeline(self.model(m), pattern, of)
-                    if not a.no_peer:
+                    if peers and not a.no_peer:
                         of = a.output_formats[0]
                         log(f"  RunInference peer -> {of}")
                         rec["peer"][of] = self.peer(self.model(m), pattern, f, of)
-                    log("  TF alone again")
-                    rec["tf"] = {"before": before,
-                                 "after": self.tf_alone(self.model(m), pattern, f)}
+                    if peers:
+                        log("  TF alone again")
+                        rec["tf"] = {"before": before,
+                                     "after": self.tf_alone(self.model(m), pattern, f)}
                     for kind in ("pipeline", "peer"):
                         for of, r in rec[kind].items():
-                            if r["records"] != before["records"]:
+                            if r["records"] != rec["rows"]:
                                 log(f"WARNING: {kind} {m} {f}->{of} wrote {r['records']} "
-                                    f"predictions, TF alone scored {before['records']}")
+                                    f"predictions of {rec['rows']} records")
                     self.results["main"].append(rec)
                     self.save()
 

@@ -4,7 +4,9 @@ Layout (everything is reused when its `.done` marker exists):
     models/small/1700000000/   pipeline.demo model, hidden (256, 256)
     models/heavy/1700000000/   the same features, hidden (2048, 2048, 2048)
     data/rows-N/               pipeline.demo.write_demo_data(rows=N, shards=4): 4 TFRecord
-                               shards (shards 1 and 3 gzip) and 4 CSV shards, same rows
+                               shards (shards 1 and 3 gzip) and 4 CSV shards, same rows; and
+                               4 Parquet shards of those rows (typed columns, pyarrow's
+                               default row groups), made from the CSV shards
     scaling/base/              4 plain TFRecord + 4 CSV shards of SCALING_UNIT/4 rows each
     scaling/rows-N/            4 shards, each the concatenation of N/SCALING_UNIT copies of
                                the base shard (TFRecord frames concatenate; CSV without the
@@ -25,7 +27,8 @@ import shutil
 import time
 
 __all__ = ["MODELS", "SCALING_UNIT", "model_base", "data_dir", "scaling_dir", "scaling_rows",
-           "split_dir", "split_files", "patterns", "resolve_model", "csv_column_defaults",
+           "split_dir", "split_files", "patterns", "csv_to_parquet", "resolve_model",
+           "csv_column_defaults",
            "ensure_model", "ensure_data", "ensure_scaling", "ensure_split"]
 
 MODELS = {"small": (256, 256), "heavy": (2048, 2048, 2048)}
@@ -65,7 +68,23 @@ def split_files(root: str, rows: int) -> dict:
 
 def patterns(directory: str) -> dict:
     return {"tfrecord": os.path.join(directory, "part-*.tfrecord*"),
-            "csv": os.path.join(directory, "part-*.csv")}
+            "csv": os.path.join(directory, "part-*.csv"),
+            "parquet": os.path.join(directory, "part-*.parquet")}
+
+
+def csv_to_parquet(csv_path: str, parquet_path: str) -> str:
+    """The demo rows of a CSV shard as a Parquet file: each column typed as its feature (the
+    key a string), an empty cell a null (an absent value, as in the CSV)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+    from pipeline.demo import demo_dtypes
+    arrow = {"float32": pa.float32(), "int64": pa.int64(), "string": pa.string()}
+    types = {name: arrow[dtype] for name, dtype in demo_dtypes().items()}
+    table = pacsv.read_csv(csv_path, convert_options=pacsv.ConvertOptions(
+        column_types=types, strings_can_be_null=True))
+    pq.write_table(table, parquet_path)
+    return parquet_path
 
 
 def resolve_model(model: str) -> str:
@@ -119,10 +138,12 @@ def ensure_model(root: str, name: str) -> str:
 def ensure_data(root: str, rows: int) -> str:
     from pipeline import demo
     path = data_dir(root, rows)
-    meta = {"rows": rows, "shards": SHARDS}
+    meta = {"rows": rows, "shards": SHARDS, "parquet": True}
     if not _done(path, meta):
         shutil.rmtree(path, ignore_errors=True)
-        demo.write_demo_data(path, rows=rows, shards=min(SHARDS, rows))
+        written = demo.write_demo_data(path, rows=rows, shards=min(SHARDS, rows))
+        for csv_path in written["csv"]:
+            csv_to_parquet(csv_path, csv_path[:-len(".csv")] + ".parquet")
         _mark(path, meta)
     return path
 

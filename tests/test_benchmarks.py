@@ -35,6 +35,25 @@ def test_reference_is_the_faster_run_and_slowed_rounds_do_not_count():
     assert report.valid_rounds(rounds) == [True, False, True]
 
 
+def test_parquet_input_is_set_against_csv_input_of_the_same_round():
+    """Round by round: Parquet e2e / CSV e2e of the same round (not of another round), and the
+    verdict from the median of those ratios."""
+    def rec(fmt, rnd, eps, cpu):
+        return {"model": "small", "format": fmt, "round": rnd, "rows": 1000,
+                "pipeline": {"jsonl": {"e2e_eps": eps, "cpu_us_per_record": cpu}}, "peer": {}}
+    groups = {("small", "csv"): [rec("csv", 0, 100.0, 10.0), rec("csv", 1, 200.0, 10.0)],
+              ("small", "parquet"): [rec("parquet", 1, 220.0, 8.0), rec("parquet", 0, 90.0, 8.0)]}
+    [line] = [x for x in "\n".join(report.parquet_vs_csv(groups, ["jsonl"])).splitlines()
+              if x.startswith("| small")]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    # rounds paired by number: 220/200 = 110%, 90/100 = 90%; median 100%: met
+    assert cells[5] == "100% (90%–110%)" and cells[8] == "125% (125%–125%)" and cells[9] == "100%: met"
+    groups[("small", "parquet")][0]["pipeline"]["jsonl"]["e2e_eps"] = 180.0  # 90% and 90%
+    text = "\n".join(report.parquet_vs_csv(groups, ["jsonl"]))
+    assert "90% (90%–90%)" in text and "NOT met" in text
+    assert report.parquet_vs_csv({("small", "csv"): groups[("small", "csv")]}, ["jsonl"]) == []
+
+
 def test_scaling_marginal_cost_is_the_difference_quotient():
     recs = [{"rows": n, "run_s": s, "steady_eps": 1e6 / 5.5, "peak_rss_mb": rss,
              "cpu_us_per_record": 9.0}
@@ -237,16 +256,21 @@ def test_one_command_runs_tf_alone_the_pipeline_and_the_peer_on_the_same_records
     work = tmp_path / "work"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--code", "worktree", "--only", "main",
-         "--models", "small", "--formats", "tfrecord,csv", "--output_formats", "jsonl",
+         "--models", "small", "--formats", "tfrecord,csv,parquet",
+         "--output_formats", "jsonl,parquet",
          "--rows", str(rows), "--repeats", "1", "--data_dir", str(tmp_path / "data"),
          "--work_dir", str(work)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((work / "results.json").read_text())
-    assert sorted(r["format"] for r in results["main"]) == ["csv", "tfrecord"]
+    assert sorted(r["format"] for r in results["main"]) == ["csv", "parquet", "tfrecord"]
     for rec in results["main"]:
+        for of in ("jsonl", "parquet"):
+            assert rec["pipeline"][of]["records"] == rows, (rec["format"], of)
+            assert rec["pipeline"][of]["errors"] == 0
+        if rec["format"] == "parquet":  # neither TF alone nor RunInference reads Parquet
+            assert "tf" not in rec and rec["peer"] == {}
+            continue
         assert rec["tf"]["before"]["records"] == rec["tf"]["after"]["records"] == rows
-        assert rec["pipeline"]["jsonl"]["records"] == rows, rec["format"]
-        assert rec["pipeline"]["jsonl"]["errors"] == 0
         assert rec["peer"]["jsonl"]["records"] == rows, rec["format"]
     text = (work / "report.md").read_text()
     assert text.strip() in proc.stdout  # what is printed is what is kept
@@ -261,4 +285,10 @@ def test_one_command_runs_tf_alone_the_pipeline_and_the_peer_on_the_same_records
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in throughput.splitlines()
              if line.startswith("| small ")]
     assert sorted(c[:4] for c in cells) == [
-        ["small", "csv", "jsonl", f"{rows:,}"], ["small", "tfrecord", "jsonl", f"{rows:,}"]]
+        ["small", f, of, f"{rows:,}"] for f in ("csv", "parquet", "tfrecord")
+        for of in ("jsonl", "parquet")]
+    parquet = {c[2]: c for c in cells if c[1] == "parquet"}
+    assert parquet["jsonl"][4] == "-" and parquet["jsonl"][-1] == "-"  # no TF-alone figure
+    versus = text.split("### Parquet input against CSV input")[1].split("##")[0]
+    assert sorted(line.split("|")[2].strip() for line in versus.splitlines()
+                  if line.startswith("| small ")) == ["jsonl", "parquet"]
