@@ -399,3 +399,18 @@ def test_a_job_spec_renders_its_output_table_per_run_date():
     with pytest.raises(SpecError, match="input and options.input_query both name the input"):
         from_dict({"name": "nightly", "model": "m", "input": "a.csv", "output": "o",
                    "options": {"key_field": "id", "input_query": "SELECT 1"}})
+
+
+def test_the_jobs_readme_bigquery_example_is_a_valid_spec():
+    """jobs/README.md's nightly BigQuery spec loads, and a run date gives the day before's
+    query and partition."""
+    import yaml
+    from jobs.spec import from_dict, pipeline_argv
+    with open(os.path.join(os.path.dirname(__file__), "..", "jobs", "README.md")) as fh:
+        text = fh.read()
+    block = text.split("one day partition a night")[1].split("```yaml")[1].split("```")[0]
+    argv = pipeline_argv(from_dict(dict(yaml.safe_load(block), name="nightly")),
+                         datetime.date(2026, 3, 1))
+    assert "--input" not in argv
+    assert argv[argv.index("--input_query") + 1].endswith("WHERE dt = '2026-02-28'")
+    assert argv[argv.index("--output_table") + 1] == "my-project:scores.ctr$20260228"
