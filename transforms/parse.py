@@ -289,9 +289,11 @@ def header_problem(header: list[str], spec: FeatureSpec, key_field: str | None) 
     return "; ".join(problems) or None
 
 
-def _key_values(cells, key_field: str) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
-    """The key column's values, and the rows without a key: an empty cell (text) or a null
-    (typed: numbers or bytes), like a tf.Example without the key."""
+def _key_values(cells, key_field: str, dtype: str | None = None
+                ) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
+    """The key column's values, and the rows without a usable key: an empty cell (text) or a
+    null (typed: numbers or bytes), like a tf.Example without the key; a typed key that the
+    job's key dtype (`dtype`, fixed at start-up from the first input) cannot hold."""
     if not isinstance(cells, pa.Array):  # the csv module's cells
         keys = np.array(cells + [None], dtype=object)[:-1]
         empty = keys == ""
@@ -302,14 +304,56 @@ def _key_values(cells, key_field: str) -> tuple[np.ndarray, dict[int, tuple[str,
             cells = cells.fill_null("") if cells.null_count else cells
             keys = cells.to_numpy(zero_copy_only=False)
             empty = pc.equal(cells, "").to_numpy(zero_copy_only=False)
+        elif pa.types.is_nested(cells.type):  # a list or an object: no value to join on
+            empty = cells.is_null().to_numpy(zero_copy_only=False)
+            bad = {int(i): ("type_mismatch", f"key column {key_field!r} holds a "
+                                             f"{cells.type} value; a key is one string or "
+                                             "number")
+                   for i in np.flatnonzero(~empty)}
+            return np.full(len(cells), "", dtype=object), {
+                **bad, **{int(i): ("missing_key", f"key column {key_field!r} is empty")
+                          for i in np.flatnonzero(empty)}}
         else:
             empty = cells.is_null().to_numpy(zero_copy_only=False)
             t = cells.type
+            unfit = _unfit_keys(cells, dtype)
+            if unfit is not None:  # the job's key type, fixed at start-up, cannot hold them
+                bad = {int(i): ("type_mismatch", f"key column {key_field!r} holds a {t} value; "
+                                                 f"this job's keys are {dtype} (its first "
+                                                 "input's)")
+                       for i in np.flatnonzero(unfit & ~empty)}
+                if bad:
+                    cells = pc.if_else(pa.array(unfit), pa.nulls(len(cells), t), cells)
+                    empty = empty | unfit
+            if dtype == "int64" and pa.types.is_floating(t):
+                cells = pc.cast(cells.fill_null(0), pa.int64())  # integral: checked above
             if cells.null_count and (pa.types.is_integer(t) or pa.types.is_floating(t)):
                 cells = cells.fill_null(0)  # not NaN: the kept rows' keys stay integers
             keys = cells.to_numpy(zero_copy_only=False)
+            if unfit is not None and bad:
+                return keys, {**bad, **{int(i): ("missing_key",
+                                                 f"key column {key_field!r} is empty")
+                                        for i in np.flatnonzero(empty & ~unfit)}}
     return keys, {int(i): ("missing_key", f"key column {key_field!r} is empty")
                   for i in np.flatnonzero(empty)}
+
+
+def _unfit_keys(cells: pa.Array, dtype: str | None) -> np.ndarray | None:
+    """Which typed keys the job's key type cannot hold (None: all fit): text or a fraction for
+    an int64 key, a number for a string key. Without it a later record's key of another type
+    than the first input's would reach a writer whose key column has that first type."""
+    t = cells.type
+    number = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+    if dtype is None or dtype == "string" and not number:
+        return None
+    if dtype == "string" or (dtype == "int64" and not number) or \
+            (dtype.startswith("float") and not number):
+        return np.ones(len(cells), dtype=bool)
+    if dtype == "int64" and pa.types.is_floating(t):
+        values = cells.fill_null(0).to_numpy(zero_copy_only=False)
+        with np.errstate(invalid="ignore"):
+            return ~((np.floor(values) == values) & (np.abs(values) < 2.0 ** 63))
+    return None
 
 
 def _source_values(batch: ColumnBatch, name: str, ctype) -> list:
@@ -332,9 +376,11 @@ def _source_values(batch: ColumnBatch, name: str, ctype) -> list:
 
 
 def columns_to_examples(batch: ColumnBatch, spec: FeatureSpec, key_field: str | None,
-                        sep: str = "|", passthrough=None) -> tuple[RecordBatch | None, list[dict]]:
+                        sep: str = "|", passthrough=None, key_dtype: str | None = None
+                        ) -> tuple[RecordBatch | None, list[dict]]:
     """Convert a column batch; returns the good rows as a RecordBatch and error rows.
-    `passthrough`: a `transforms.passthrough.PassthroughReader` for --passthrough_fields."""
+    `passthrough`: a `transforms.passthrough.PassthroughReader` for --passthrough_fields;
+    `key_dtype`: the key column's dtype in the rows (a typed key it cannot hold is an error)."""
     n = len(batch)
     problem = (header_problem(batch.header, spec, key_field) if batch.header is not None
                else None)
@@ -367,7 +413,7 @@ def columns_to_examples(batch: ColumnBatch, spec: FeatureSpec, key_field: str | 
                 bad.setdefault(i, ("missing_key", f"key column {key_field!r} is not in "
                                                   f"{where}"))
         else:
-            keys, missing = _key_values(batch.column(key_field), key_field)
+            keys, missing = _key_values(batch.column(key_field), key_field, key_dtype)
             for i, why in missing.items():
                 bad.setdefault(i, why)
     lines = batch.lines if batch.lines is not None else [None] * n
@@ -409,9 +455,10 @@ class ParseWithSpecDoFn(beam.DoFn):
     formats and writes the predictions of batch k-1. Outputs keep their order."""
 
     def __init__(self, spec: FeatureSpec, key_field: str | None, list_separator: str = "|",
-                 passthrough=None):
+                 passthrough=None, key_dtype: str | None = None):
         self._spec = spec
         self._key_field = key_field
+        self._key_dtype = key_dtype  # the key column's dtype in the rows (typed input)
         self._sep = list_separator
         self._passthrough = passthrough  # transforms.passthrough.PassthroughReader, or None
 
@@ -442,7 +489,8 @@ class ParseWithSpecDoFn(beam.DoFn):
             return
         previous = self._flush()
         self._pending = self._pool.submit(columns_to_examples, batch, self._spec,
-                                          self._key_field, self._sep, self._passthrough)
+                                          self._key_field, self._sep, self._passthrough,
+                                          self._key_dtype)
         yield from previous
 
     def finish_bundle(self):

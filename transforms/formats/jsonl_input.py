@@ -126,19 +126,29 @@ def _iter_lines(stream, cap: int, block_bytes: int, drop_bom: bool) -> Iterator[
             have += len(rest)
         if have > cap + 1:  # longer than the cap, whatever ends it (one CR is not counted)
             head = b"".join(parts)
-            payload, blank = head[:_PAYLOAD_BYTES], not head.strip(_WS)
+            blank = not head.strip(_WS)
+            # the payload is the line's first _PAYLOAD_BYTES bytes (all of it when shorter),
+            # as for a long line read whole: what was read so far depends on where the reads
+            # happened to end (a block of a split file starts elsewhere than a serial read,
+            # gzip hands over pieces of any size), and a shorter cut would also not be
+            # flagged as cut
+            kept = [head[:_PAYLOAD_BYTES]]
+            room = _PAYLOAD_BYTES - len(kept[0])
             parts, have = [], 0
             while True:
                 data = read(block_bytes)
                 if not data:
                     break
                 at = data.find(b"\n")
+                piece = data if at < 0 else data[:at]
+                if room > 0:
+                    kept.append(piece[:room])
+                    room -= len(kept[-1])
+                blank = blank and not piece.strip(_WS)
                 if at >= 0:
-                    blank = blank and not data[:at].strip(_WS)
                     data = data[at + 1:]
                     break
-                blank = blank and not data.strip(_WS)
-            yield ("long", payload, blank)
+            yield ("long", b"".join(kept), blank)
     if parts:
         yield ("lines", [b"".join(parts)])
 
@@ -662,7 +672,7 @@ class JsonlInput(InputFormat):
         try:
             for record in _objects(stream, max_record_bytes, 1000):
                 value = record.get(key)
-                if value is None:
+                if value is None or value == []:  # absent, as the reading step takes them
                     continue
                 if isinstance(value, int):
                     return "int64"
@@ -698,13 +708,16 @@ class JsonlInput(InputFormat):
         stream, _ = open_shard(path)
         try:
             for kind, *item in _iter_lines(stream, max_record_bytes, 64 << 10, True):
-                if kind == "long":
-                    if item[1]:
-                        continue
-                    return
-                for raw in item[0]:
+                # a line over the cap comes whole or as its first bytes, depending on where
+                # the reads end: its first bytes decide either way
+                lines = [item[0]] if kind == "long" else item[0]
+                if kind == "long" and item[1]:
+                    continue
+                for raw in lines:
                     text = raw.strip(_WS)
                     if not text:
+                        if kind == "long":  # not blank, but no more than spaces so far
+                            return
                         continue
                     if text.startswith(b"[") or text == b"{":
                         raise InputError(
