@@ -20,6 +20,7 @@ from transforms.bigquery.tables import parse_input_table, parse_output_table
 from transforms.errors import OptionsError
 from transforms.formats import INPUT_FORMATS, OUTPUT_FORMATS
 from transforms.formats.base import DEFAULT_MAX_RECORD_BYTES
+from transforms.graph_models import parse_tensor_map
 from transforms.read import DEFAULT_SPLIT_BYTES, MIN_SPLIT_BYTES
 
 __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_MAX_ERROR_RATE", "DEFAULT_MAX_RECORD_BYTES", "PROG",
@@ -126,6 +127,16 @@ def _field_names(text: str) -> str:
     return text
 
 
+def _tensor_map(text: str) -> str:
+    """`NAME:TENSOR,...`, each pair well formed and each name once (a frozen graph's inputs or
+    outputs); the tensors themselves are checked against the graph when it loads."""
+    try:
+        parse_tensor_map(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _list_separator(text: str) -> str:
     """A CSV cell's value separator: a newline, carriage return or quote in it would split or
     quote the row itself, and an empty one cannot split anything."""
@@ -144,9 +155,21 @@ class BatchPredictOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument(
-            "--model", required=True, type=_text("a SavedModel dir or export base dir"),
+            "--model", required=True,
+            type=_text("a SavedModel dir, an export base dir or a frozen graph .pb file"),
             help="SavedModel dir, or an export base dir of numeric timestamped versions (the "
-                 "newest wins; temp-* dirs are ignored); local path or gs://")
+                 "newest wins; temp-* dirs are ignored), or a frozen GraphDef file (*.pb, see "
+                 "--model_inputs); local path or gs://")
+        parser.add_argument(
+            "--model_inputs", default=None, type=_tensor_map,
+            help="a frozen graph's inputs as NAME:TENSOR,... (e.g. "
+                 "examples:input_example_tensor:0): each becomes a signature input NAME fed "
+                 "to TENSOR. Without it (and --model_outputs) they are read from the sidecar "
+                 "<graph>.pb.json, {\"inputs\": {NAME: TENSOR}, \"outputs\": {...}}")
+        parser.add_argument(
+            "--model_outputs", default=None, type=_tensor_map,
+            help="a frozen graph's outputs as NAME:TENSOR,... (e.g. score:head/score:0): "
+                 "prediction column NAME is TENSOR; else read from the sidecar")
         parser.add_argument(
             "--input", default=None, type=_patterns,
             help="comma-separated file patterns (globs), local or gs://; or a BigQuery table, "

@@ -60,6 +60,7 @@ class ModelDescription:
     stage_seconds: float            # copying it to local disk first (0 for a local model)
     runtime: dict[str, Any]         # this process's runtime settings (model_loads row fields)
     runtime_note: str               # the same, for the load's log line
+    kind: str = "model"             # what kind of model it is (e.g. "frozen_graph")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,10 +1,17 @@
-"""Finding, staging, loading and calling a SavedModel.
+"""Finding, staging, loading and calling a SavedModel (or a frozen graph).
 
 `open_model()` is what both the launcher (validation, fail fast) and every worker (in
 `PredictDoFn.setup`) call, through `transforms.savedmodel.SavedModelHandler`: resolve the
 version, stage it locally if it lives on GCS, load it with `tf.saved_model.load` (TF1 and TF2
 exports alike; Keras 3's `load_model` cannot load plain SavedModels), choose the signature,
 settle the feature spec and run one warm-up call.
+
+Model kinds (`MODEL_KINDS`), all ending as one signature called the same way:
+  saved_model                  `tf.saved_model.load` revived the SavedModel
+  saved_model_signatures_only  reviving its objects failed (a Keras 2 export saved with its
+                               optimizer, with no Keras 2 installed); its signatures were
+                               loaded alone (`transforms.graph_models.load_signatures_only`)
+  frozen_graph                 a frozen GraphDef file (`transforms.graph_models`)
 """
 from __future__ import annotations
 
@@ -19,15 +26,18 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import FeatureSpecError, ModelError
 from transforms.feature_spec import FeatureSpec
+from transforms.graph_models import (is_graph_path, load_frozen_graph, load_signatures_only,
+                                     sidecar_tensor_maps)
 from transforms.introspect import (SignatureInfo, feed_problems, signature_info,
                                    spec_from_inputs)
 
-__all__ = ["SAVED_MODEL_FILES", "ModelVersion", "resolve_version", "configure_threads",
-           "error_summary", "UnbatchedOutput", "LoadedModel", "stage_local", "RawModel",
-           "load_signature", "open_model", "settle_spec", "model_size_bytes"]
+__all__ = ["SAVED_MODEL_FILES", "MODEL_KINDS", "ModelVersion", "resolve_version",
+           "configure_threads", "error_summary", "UnbatchedOutput", "LoadedModel", "stage_local",
+           "RawModel", "load_signature", "open_model", "settle_spec", "model_size_bytes"]
 
 _LOG = logging.getLogger(__name__)
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+MODEL_KINDS = ("saved_model", "saved_model_signatures_only", "frozen_graph")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,8 +149,11 @@ class LoadedModel:
 
     def __init__(self, version: ModelVersion, local_dir: str, loaded, signature: str,
                  info: SignatureInfo, spec: FeatureSpec, spec_source: str,
-                 load_seconds: float, stage_seconds: float):
+                 load_seconds: float, stage_seconds: float, kind: str = "saved_model",
+                 load_note: str | None = None):
         self.version = version
+        self.kind = kind            # one of MODEL_KINDS
+        self.load_note = load_note  # why it was not loaded the ordinary way, if it was not
         self.local_dir = local_dir
         self.loaded = loaded  # keep the trackable object alive: its variables back `fn`
         self.signature = signature
@@ -262,7 +275,18 @@ class LoadedModel:
 
 
 def stage_local(version: ModelVersion, cache_dir: str | None = None) -> tuple[str, float]:
-    """A local directory holding the SavedModel, and the seconds spent staging it."""
+    """A local directory holding the SavedModel (a local file, for a frozen graph), and the
+    seconds spent staging it."""
+    if is_graph_path(version.path):
+        if not version.path.startswith("gs://"):
+            if not os.path.isfile(version.path):
+                raise ModelError(f"model path {version.path} does not exist (a frozen graph "
+                                 "file; supported locations are local paths and gs://)")
+            return version.path, 0.0
+        from transforms.staging import stage_graph_file
+        start = time.monotonic()
+        local = stage_graph_file(version.path, cache_dir)
+        return local, time.monotonic() - start
     if not version.path.startswith("gs://"):
         if not os.path.isdir(version.path):
             raise ModelError(f"model path {version.path} is not a local directory; supported "
@@ -276,7 +300,7 @@ def stage_local(version: ModelVersion, cache_dir: str | None = None) -> tuple[st
 
 @dataclasses.dataclass
 class RawModel:
-    """A loaded SavedModel and its chosen signature, before the feature spec is settled."""
+    """A loaded model and its chosen signature, before the feature spec is settled."""
     version: ModelVersion
     local_dir: str
     loaded: object
@@ -284,36 +308,82 @@ class RawModel:
     info: SignatureInfo
     load_seconds: float
     stage_seconds: float
+    kind: str = "saved_model"     # one of MODEL_KINDS
+    load_note: str | None = None  # why it was not loaded the ordinary way, if it was not
+
+
+def _load_saved_model(local: str, path: str) -> tuple[object, str, str | None]:
+    """(loaded, kind, note): `tf.saved_model.load`, else its signatures alone.
+
+    Reviving a SavedModel re-creates its Python objects; a Keras 2 export saved with its
+    optimizer needs Keras 2's own classes for that (`'_UserObject' object has no attribute
+    'add_slot'` without them), yet its signatures are plain graph functions over checkpointed
+    variables. When revival fails, the signature-level loader is tried; if that fails too, the
+    revival error is the one reported."""
+    import tensorflow as tf
+    try:
+        return tf.saved_model.load(local), "saved_model", None
+    except Exception as e:  # noqa: BLE001 -- any revival failure: try the signatures alone
+        revival = error_summary(e, limit=300)
+    try:
+        loaded = load_signatures_only(local)
+    except Exception:  # noqa: BLE001 -- the SavedModel itself is unusable: say why it failed
+        raise ModelError(f"cannot load SavedModel {path}: {revival}") from None
+    note = (f"its objects cannot be revived ({revival}); its signatures were loaded alone with "
+            "the signature-level loader")
+    _LOG.warning("SavedModel %s: %s", path, note)
+    return loaded, "saved_model_signatures_only", note
 
 
 def load_signature(path: str, signature: str = "serving_default",
-                   cache_dir: str | None = None) -> RawModel:
-    """Resolve, stage and load a model and inspect the chosen signature (ModelError if not)."""
-    import tensorflow as tf
-    version = resolve_version(path)
+                   cache_dir: str | None = None, model_inputs: tuple | None = None,
+                   model_outputs: tuple | None = None) -> RawModel:
+    """Resolve, stage and load a model and inspect the chosen signature (ModelError if not).
+
+    `model_inputs`/`model_outputs` ((name, tensor) pairs) name a frozen graph's signature;
+    a frozen graph without them reads them from its sidecar."""
+    if os.path.basename(path.rstrip("/")) in SAVED_MODEL_FILES:
+        raise ModelError(f"--model {path} names the SavedModel's protobuf file: give the "
+                         "directory that holds it")
+    graph = is_graph_path(path)
+    if graph:
+        path = path.rstrip("/")
+    if (model_inputs or model_outputs) and not graph:
+        raise ModelError(f"--model_inputs and --model_outputs name the tensors of a frozen "
+                         f"graph (a .pb file), but --model {path} is not one; a SavedModel's "
+                         "signature is chosen with --signature")
+    version = ModelVersion(path, None) if graph else resolve_version(path)
     local, stage_seconds = stage_local(version, cache_dir)
     start = time.monotonic()
-    try:
-        loaded = tf.saved_model.load(local)
-    except Exception as e:
-        raise ModelError(f"cannot load SavedModel {version.path}: {error_summary(e)}") from None
+    if graph:
+        named_by = ("--model_inputs" if model_inputs else f"{path}.json inputs",
+                    "--model_outputs" if model_outputs else f"{path}.json outputs")
+        if not (model_inputs and model_outputs):
+            inputs, outputs = sidecar_tensor_maps(local, path)
+            model_inputs, model_outputs = model_inputs or inputs, model_outputs or outputs
+        loaded, kind, note = (load_frozen_graph(local, path, model_inputs, model_outputs,
+                                                named_by), "frozen_graph", None)
+    else:
+        loaded, kind, note = _load_saved_model(local, version.path)
     load_seconds = time.monotonic() - start
     signatures = sorted(loaded.signatures.keys())
     if signature not in loaded.signatures:
         raise ModelError(f"signature {signature!r} not found in {version.path}; available: "
                          f"{', '.join(signatures) or '(none)'}")
     info = signature_info(signature, loaded.signatures[signature])
-    return RawModel(version, local, loaded, signature, info, load_seconds, stage_seconds)
+    return RawModel(version, local, loaded, signature, info, load_seconds, stage_seconds,
+                    kind, note)
 
 
 def open_model(path: str, signature: str = "serving_default",
                feature_spec: FeatureSpec | None = None, cache_dir: str | None = None,
-               warm_up: bool = True) -> LoadedModel:
+               warm_up: bool = True, model_inputs: tuple | None = None,
+               model_outputs: tuple | None = None) -> LoadedModel:
     """Resolve, stage, load and check a model; raises ModelError with one clear sentence."""
-    raw = load_signature(path, signature, cache_dir)
+    raw = load_signature(path, signature, cache_dir, model_inputs, model_outputs)
     spec, source = settle_spec(raw.info, feature_spec)
     model = LoadedModel(raw.version, raw.local_dir, raw.loaded, signature, raw.info, spec,
-                        source, raw.load_seconds, raw.stage_seconds)
+                        source, raw.load_seconds, raw.stage_seconds, raw.kind, raw.load_note)
     if warm_up:
         model.warm_up()
     return model
@@ -346,6 +416,9 @@ def settle_spec(info: SignatureInfo, given: FeatureSpec | None) -> tuple[Feature
 
 
 def model_size_bytes(local_dir: str) -> int:
+    """Bytes of the model on local disk (a frozen graph: its file)."""
+    if os.path.isfile(local_dir):
+        return os.path.getsize(local_dir)
     total = 0
     for root, _, files in os.walk(local_dir):
         total += sum(os.path.getsize(os.path.join(root, f)) for f in files)

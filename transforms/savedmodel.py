@@ -1,6 +1,7 @@
-"""The TensorFlow SavedModel handler: `transforms.model` (find, stage, load, call a SavedModel)
-behind the `transforms.handler.ModelHandler` seam, plus what only TensorFlow can say: what
-its errors mean for a record, and the key of each tf.Example.
+"""The TensorFlow SavedModel handler: `transforms.model` (find, stage, load, call a SavedModel,
+or a frozen graph as one signature) behind the `transforms.handler.ModelHandler` seam, plus
+what only TensorFlow can say: what its errors mean for a record, and the key of each
+tf.Example.
 """
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ class ModelConfig:
     path: str
     signature: str
     spec: FeatureSpec | None  # None: the model's own (the launcher settles it for workers)
+    # a frozen graph's signature: ((name, tensor), ...) pairs; None: its sidecar's
+    model_inputs: tuple | None = None
+    model_outputs: tuple | None = None
     key_field: str | None = None
     key_dtype: str = "string"
     keys_from_examples: bool = False  # TFRecord input: the key is read from each tf.Example
@@ -63,7 +67,8 @@ class SavedModelHandler(ModelHandler):
         cfg = self.config
         # thread pools first: they can only be set before TensorFlow's runtime starts
         configure_threads(cfg.intra_op_threads, cfg.inter_op_threads)
-        return open_model(cfg.path, cfg.signature, cfg.spec, cfg.cache_dir, warm_up=False)
+        return open_model(cfg.path, cfg.signature, cfg.spec, cfg.cache_dir, warm_up=False,
+                          model_inputs=cfg.model_inputs, model_outputs=cfg.model_outputs)
 
     def warm_up(self, model: LoadedModel) -> None:
         model.warm_up()
@@ -76,7 +81,7 @@ class SavedModelHandler(ModelHandler):
             path=model.version.path, version=model.version.version, signature=model.signature,
             convention=model.info.convention, output_names=tuple(model.output_names),
             spec=model.spec, spec_source=model.spec_source, load_seconds=model.load_seconds,
-            stage_seconds=model.stage_seconds,
+            stage_seconds=model.stage_seconds, kind=model.kind,
             runtime={"tf_intra_op_threads": intra,
                      "tf_inter_op_threads": threading.get_inter_op_parallelism_threads()},
             runtime_note=f"TF intra-op threads: {intra or 'default'}")

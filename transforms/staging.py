@@ -1,4 +1,5 @@
-"""Staging a SavedModel from GCS into a local cache, once per worker process.
+"""Staging a SavedModel (or a frozen graph file) from GCS into a local cache, once per worker
+process.
 
 Why: TensorFlow's own `gs://` support needs its GCS plugin and credentials of its own, and it
 reads a SavedModel file by file with many small requests. We copy the model directory once with
@@ -34,7 +35,8 @@ import uuid
 from transforms.errors import StagingError
 
 __all__ = ["DOWNLOAD_THREADS", "RemoteFile", "split_gcs_uri", "check_relative_name", "fingerprint",
-           "check_sizes", "list_model_files", "default_cache_dir", "stage_model"]
+           "check_sizes", "list_model_files", "default_cache_dir", "stage_model",
+           "stage_graph_file"]
 
 _LOG = logging.getLogger(__name__)
 DOWNLOAD_THREADS = 8
@@ -189,12 +191,38 @@ def default_cache_dir() -> str:
 def stage_model(uri: str, cache_dir: str | None = None, client=None,
                 threads: int = DOWNLOAD_THREADS) -> str:
     """Copy the SavedModel dir at gs://... into the local cache; returns the local dir."""
-    cache_dir = os.path.abspath(cache_dir or default_cache_dir())
-    key = (uri.rstrip("/"), cache_dir)
     client = client or _make_client()
     files = list_model_files(client, uri)
     if not any(f.relative in ("saved_model.pb", "saved_model.pbtxt") for f in files):
         raise StagingError(f"{uri} holds no saved_model.pb: not a SavedModel directory")
+    return _stage_cached(client, uri, files, cache_dir, threads)
+
+
+def stage_graph_file(uri: str, cache_dir: str | None = None, client=None) -> str:
+    """Copy a frozen graph file at gs://... (and its `<name>.json` sidecar, if there is one)
+    into the local cache; returns the local path of the graph file.
+
+    Only those two objects are copied: the directory around a graph file may hold anything."""
+    client = client or _make_client()
+    bucket, name = split_gcs_uri(uri)
+    wanted = {name: name.rsplit("/", 1)[-1], name + ".json": name.rsplit("/", 1)[-1] + ".json"}
+    try:
+        blobs = [b for b in client.list_blobs(bucket, prefix=name) if b.name in wanted]
+    except Exception as e:  # NotFound, Forbidden, transport errors: one clear line
+        raise StagingError(f"cannot list {uri}: {type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:300]}") from None
+    files = [RemoteFile(b.name, wanted[b.name], int(b.size or 0), b.generation) for b in blobs]
+    if not any(f.name == name for f in files):
+        raise StagingError(f"model path {uri} does not exist")
+    local = _stage_cached(client, uri, files, cache_dir, DOWNLOAD_THREADS)
+    return os.path.join(local, wanted[name])
+
+
+def _stage_cached(client, uri: str, files: list[RemoteFile], cache_dir: str | None,
+                  threads: int) -> str:
+    """The local copy of `files` (listed under `uri`), staged once per listing fingerprint."""
+    cache_dir = os.path.abspath(cache_dir or default_cache_dir())
+    key = (uri.rstrip("/"), cache_dir)
     bucket, prefix = split_gcs_uri(uri)
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{bucket}/{prefix}")[-80:]
     local = os.path.join(cache_dir, f"{readable}-{fingerprint(files)}")
