@@ -28,6 +28,8 @@ from transforms.formats.json_columns import value_columns
 from transforms.predict import PredictDoFn, key_output_plan, output_columns
 from transforms import formats
 from transforms.formats.base import DEFAULT_MAX_RECORD_BYTES, ColumnType, InputFormat
+from transforms.graph_models import parse_tensor_map
+from transforms.optimize import read_optimization
 from transforms.read import DEFAULT_SPLIT_BYTES, ReadRecordBatches, match_inputs, read_units
 from transforms.records import Batch
 from transforms.savedmodel import ModelConfig, SavedModelHandler
@@ -229,15 +231,18 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
     # processes or concurrent calls (1 intra-op thread each on 2 cores) measured 1.35-1.45x on
     # an AMD EPYC host and 0.65-0.75x on an Intel Xeon one (benchmarks/RESULTS.md, 2026-12-01).
     # Set before the first model load (the handler's load does): an in-process runner scores
-    # with this process's runtime.
+    # with this process's runtime. A frozen graph's tensors were checked by the options' type.
+    model_inputs, model_outputs = (parse_tensor_map(text) if text else None
+                                   for text in (opts.model_inputs, opts.model_outputs))
     asked = SavedModelHandler(ModelConfig(
         path=opts.model, signature=opts.signature, spec=given, cache_dir=opts.model_cache_dir,
+        model_inputs=model_inputs, model_outputs=model_outputs,
         intra_op_threads=opts.tf_intra_op_threads, inter_op_threads=opts.tf_inter_op_threads))
     loaded = asked.load()
     asked.warm_up(loaded)
     model = asked.describe(loaded)
-    _LOG.info("plan: model %s, signature %s (%s), spec from %s: %d features",
-              model.path, opts.signature, model.convention, model.spec_source,
+    _LOG.info("plan: model %s (%s), signature %s (%s), spec from %s: %d features",
+              model.path, model.kind, opts.signature, model.convention, model.spec_source,
               len(model.spec))
     max_record_bytes = opts.max_record_bytes
     # the format's start-up check of the first file (CSV: its header against the spec and key)
@@ -286,6 +291,7 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
               if spread else "the model step runs where each read does")
     config = ModelConfig(
         path=model.path, signature=opts.signature, spec=model.spec,
+        model_inputs=model_inputs, model_outputs=model_outputs,
         key_field=opts.key_field, key_dtype=key_dtype,
         keys_from_examples=opts.key_field is not None and reader.keys_in_examples,
         cache_dir=opts.model_cache_dir or default_cache_dir(),
@@ -295,7 +301,11 @@ def plan_job(opts: BatchPredictOptions, run_id: str | None = None,
     run_info = {
         "run_id": run_id, "start_time": start,
         "model": opts.model, "model_path": model.path,
-        "model_version": model.version, "signature": opts.signature,
+        "model_version": model.version, "model_kind": model.kind,
+        # the optimize command's record (passes, quantization, measured deviation), if it
+        # wrote this model
+        "model_optimized": read_optimization(loaded.local_dir),
+        "signature": opts.signature,
         "signature_convention": model.convention,
         "feature_spec_source": model.spec_source, "feature_spec": model.spec.to_json(),
         "input_format": input_format, "input_files": len(files),
@@ -343,7 +353,8 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
         batches = batches | "SpreadBatches" >> beam.Reshuffle()
     parsed = batches | "ParseWithSpec" >> beam.ParDo(
         ParseWithSpecDoFn(plan.model.spec, plan.model.key_field, plan.list_separator,
-                          PassthroughReader(plan.passthrough) if plan.passthrough else None)
+                          PassthroughReader(plan.passthrough) if plan.passthrough else None,
+                          key_dtype=_key_column_dtype(plan))
     ).with_output_types(Batch).with_outputs("errors", main="records")
     predict_kwargs = {"shared_handle": plan.shared_model,
                       "concurrent_calls": plan.model.concurrent_calls}
@@ -381,6 +392,18 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan, clock=None,
     _ = summary | "Finalize" >> beam.ParDo(
         FinalizeDoFn(plan.sink, plan.run_info["run_id"], plan.overwrite, expected_files(plan)),
         *side)
+
+
+def _key_column_dtype(plan: JobPlan) -> str | None:
+    """The key column's dtype in the rows, which typed inputs' keys must fit when the output
+    holds the key in a typed column (Parquet, tf.Example, a table); JSON and CSV text hold
+    each key as its record has it (None)."""
+    key = plan.model.key_field
+    if key is None or (plan.output_format in ("jsonl", "csv")
+                       and not isinstance(plan.sink, TableSink)):
+        return None
+    column = plan.column_types.get(key)
+    return column.dtype if column is not None else None
 
 
 def read_step(plan: JobPlan, columns: list[str]) -> beam.PTransform:
