@@ -185,7 +185,8 @@ def test_loading_phase_pauses_the_collector_then_freezes_what_it_made_once(unfro
     with worker.loading_phase():  # once per process: a second block changes nothing
         assert gc.isenabled() is enabled
         later = [[i] for i in range(100)]
-    assert gc.get_freeze_count() == frozen
+    # nothing newly frozen (the count can only drop: another thread may free a frozen object)
+    assert gc.get_freeze_count() <= frozen
     assert any(o is later[0] for o in gc.get_objects())
 
 
