@@ -236,6 +236,29 @@ MUTANTS = [
            "        if name in spec and False:\n            plan.append(",
            ("tests/test_passthrough.py::test_every_input_format_copies_the_fields_with_their_"
             "parsed_values",)),
+    Mutant("a table output over its error budget is still copied into place",
+           "transforms/bigquery/sink.py",
+           "copy_job = self._copy(bq, run_id, overwrite) if within_budget else None",
+           "copy_job = self._copy(bq, run_id, overwrite)",
+           ("tests/test_bigquery.py::test_a_run_over_its_error_budget_leaves_the_table_as_it_"
+            "was",)),
+    Mutant("a retried table finalize does not look for its own finished copy job",
+           "transforms/bigquery/sink.py",
+           "        done, attempt = self._copied(bq, run_id)\n",
+           "        done, attempt = None, 0\n",
+           ("tests/test_bigquery.py::test_finalize_is_safe_to_run_again",)),
+    Mutant("a SavedModel whose objects cannot be revived is refused, not loaded by its "
+           "signatures", "transforms/model.py",
+           "        loaded = load_signatures_only(local)\n",
+           "        raise RuntimeError(revival)\n",
+           ("tests/test_graph_models.py::test_unrevivable_savedmodel_scores_through_its_"
+            "signatures",)),
+    Mutant("a typed key that the key column cannot hold reaches the writer",
+           "transforms/parse.py",
+           "            if unfit is not None:  # the job's key type",
+           "            if False:  # the job's key type",
+           ("tests/test_jsonl_input.py::test_a_key_of_another_type_than_the_first_is_an_error_"
+            "row_in_a_typed_output",)),
 ]
 
 
