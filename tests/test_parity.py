@@ -403,6 +403,11 @@ def typed_path(fmt: str, rows: list[dict], features: dict, spec):
             serialized += list(records.serialized)
             keys += list(records.keys)
             indices += records.indices.tolist()
+    # in record order: a JSONL batch whose column mixes JSON types comes as several column
+    # batches, each exact, whose records interleave
+    order = np.argsort(indices, kind="stable")
+    serialized = [serialized[i] for i in order]
+    keys, indices = [keys[i] for i in order], [indices[i] for i in order]
     return np.array(serialized + [None], dtype=object)[:-1], keys, indices, errs
 
 
