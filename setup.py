@@ -22,6 +22,8 @@ REQUIRED = [
     "pyarrow==25.0.1",
     "numpy==2.4.6",
     "PyYAML==6.0.3",
+    # the run report's charts (OUTPUT/report.html), imported only when a report is written
+    "matplotlib==3.10.9",
 ]
 
 TEST = [

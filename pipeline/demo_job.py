@@ -37,6 +37,7 @@ def main(argv: list[str]) -> int:
              "--key_field", "id"] + extra)
         print(f"\n== {fmt} input ==")
         print(format_summary(read_summary(out), out))
+        print(f"run report:   {os.path.join(out, 'report.html')}")
     return EXIT_OK
 
 

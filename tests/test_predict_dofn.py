@@ -305,17 +305,18 @@ def test_latency_rows_are_exact_with_a_fake_clock():
 
     def us(n):
         return (CALL_NS + RECORD_NS * n) / 1000.0
+    at = 1_700_000_000.0  # the wall clock, stamped on each call's job-wide row
     expected = [
         # a0-9 fails on a3: a0-1 | a2 | (a3 alone fails) | a4 | a5-9
-        (ALL, (us(2), 2, 2)), ("a", (us(2), 2, 2)),
-        (ALL, (us(1), 1, 1)), ("a", (us(1), 1, 1)),
-        (ALL, (us(1), 1, 1)), ("a", (us(1), 1, 1)),
-        (ALL, (us(5), 5, 5)), ("a", (us(5), 5, 5)),
+        (ALL, (us(2), 2, 2, at)), ("a", (us(2), 2, 2)),
+        (ALL, (us(1), 1, 1, at)), ("a", (us(1), 1, 1)),
+        (ALL, (us(1), 1, 1, at)), ("a", (us(1), 1, 1)),
+        (ALL, (us(5), 5, 5, at)), ("a", (us(5), 5, 5)),
         # a10-14 + b0-4: one call, half of it each shard's
-        (ALL, (us(10), 10, 10)), ("a", (us(10), 5, 10)), ("b", (us(10), 5, 10)),
+        (ALL, (us(10), 10, 10, at)), ("a", (us(10), 5, 10)), ("b", (us(10), 5, 10)),
         # b5-6, at the bundle's end
-        (ALL, (us(2), 2, 2)), ("b", (us(2), 2, 2))]
-    dofn = PredictDoFn(handler, batch_size=10, clock=handler.clock)
+        (ALL, (us(2), 2, 2, at)), ("b", (us(2), 2, 2))]
+    dofn = PredictDoFn(handler, batch_size=10, clock=handler.clock, wall_clock=lambda: at)
 
     def check(out):
         assert_that(out["latency"], equal_to(expected))

@@ -6,7 +6,8 @@ A run only ever creates, replaces or deletes these names under --output (`own_na
 
     predictions-NNNNN-of-NNNNN.{jsonl,csv}   errors-NNNNN-of-NNNNN.jsonl
     metrics/{shard_latency,model_loads}-NNNNN-of-NNNNN.jsonl
-    metrics/summary.json   metrics/errors_by_type.json   manifest.json   _SUCCESS
+    metrics/summary.json   metrics/errors_by_type.json   metrics/run_profile.json
+    report.html   manifest.json   _SUCCESS
     .tmp-<run id>/         its staging dir (and stale ones of killed runs, once one succeeds)
     .batch-predict.lock    the claim that keeps two runs off one output dir
 
@@ -58,7 +59,8 @@ def _own_file(suffixes: tuple[str, ...]) -> re.Pattern:
     return re.compile(
         rf"predictions{_SHARDED}(?:{predictions})|errors{_SHARDED}\.jsonl"
         rf"|metrics/(?:shard_latency|model_loads){_SHARDED}\.jsonl"
-        r"|metrics/summary\.json|metrics/errors_by_type\.json|manifest\.json|_SUCCESS")
+        r"|metrics/summary\.json|metrics/errors_by_type\.json|metrics/run_profile\.json"
+        r"|report\.html|manifest\.json|_SUCCESS")
 
 
 def own_name(relative: str) -> bool:

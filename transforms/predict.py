@@ -180,7 +180,8 @@ class PredictDoFn(beam.DoFn):
                  clock: Callable[[], int] = time.perf_counter_ns,
                  shared_handle: shared.Shared | None = None, auto_batch: bool = False,
                  concurrent_calls: int = 1, launcher_pid: int | None = None,
-                 key_output: tuple | None = None):
+                 key_output: tuple | None = None,
+                 wall_clock: Callable[[], float] = time.time):
         """`shared_handle`: a Shared the launcher already loaded this model through (see
         pipeline.build.plan_job), so an in-process runner reuses that copy. `auto_batch`:
         --batch_size auto (`BatchSizeTuner`, starting at `batch_size`). `concurrent_calls`:
@@ -189,12 +190,15 @@ class PredictDoFn(beam.DoFn):
         are the launcher itself (an in-process runner). `key_output`: what becomes of a model
         output named like the key (`key_output_plan`): ("same", name) drops it from the rows,
         where it must equal the key (a record where it does not is a key_mismatch error row);
-        ("rename", name, column) writes it under another column name."""
+        ("rename", name, column) writes it under another column name. `wall_clock`: seconds
+        since the epoch, stamped on each call's job-wide latency row for the run's timeline
+        (`clock` measures durations and need not be wall time)."""
         self._handler = handler
         self._key_output = key_output
         self._batch_size = batch_size
         self._auto_batch = auto_batch
         self._clock = clock
+        self._wall_clock = wall_clock
         self._shared = shared_handle or shared.Shared()
         self._concurrent = max(1, concurrent_calls)
         self._launcher_pid = launcher_pid
@@ -410,13 +414,14 @@ class PredictDoFn(beam.DoFn):
                          self._chunk_limit, self._batch_size)
 
     def _latency_rows(self, chunk: _Chunk, positions: np.ndarray, elapsed_ns: int):
-        """One row per (model call, shard in it): the call's latency and the shard's share."""
+        """One row per (model call, shard in it): the call's latency and the shard's share;
+        the job-wide row also carries when the call ended (wall time), for the timeline."""
         micros = elapsed_ns / 1000.0
         self._metrics.model_calls.inc()
         self._metrics.model_call_latency_micro_secs.update(int(micros))
         self._metrics.chunk_size_records.update(len(positions))
         n = len(positions)
-        yield beam.pvalue.TaggedOutput("latency", (ALL, (micros, n, n)))
+        yield beam.pvalue.TaggedOutput("latency", (ALL, (micros, n, n, self._wall_clock())))
         for shard, count in chunk.shard_counts(positions):
             yield beam.pvalue.TaggedOutput("latency", (shard, (micros, count, n)))
 

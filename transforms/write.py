@@ -13,7 +13,11 @@ Final layout:
     predictions-SSSSS-of-NNNNN.SUFFIX            errors-SSSSS-of-NNNNN.jsonl
     (SUFFIX: the output format's, e.g. jsonl, csv, parquet, tfrecord, tfrecord.gz)
     metrics/shard_latency-SSSSS-of-NNNNN.jsonl  metrics/model_loads-SSSSS-of-NNNNN.jsonl
-    metrics/summary.json  metrics/errors_by_type.json  manifest.json  _SUCCESS
+    metrics/summary.json  metrics/errors_by_type.json  metrics/run_profile.json
+    report.html  manifest.json  _SUCCESS
+
+report.html (`transforms.report`) is rendered at finalize from the staged metrics and error
+files, before anything is moved, so it is one of the run's outputs like any other.
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ from apache_beam.transforms.window import GlobalWindows
 
 from transforms import formats
 from transforms.formats.base import ColumnType
-from transforms.metrics import ALL, percentiles_ms
+from transforms.metrics import ALL, empty_profile, percentiles_ms
+from transforms.report import REPORT, staged_report
 from transforms.sink import Sink
 
 __all__ = ["WriteStagedFilesDoFn", "WritePredictionFilesDoFn", "WritePredictions",
@@ -209,6 +214,9 @@ class WriteMetricsDoFn(beam.DoFn):
                           b"".join(_dumps_line(r) + b"\n" for r in loads))
         yield self._write("metrics/errors_by_type.json", orjson.dumps(
             errors_by_type_report(shard_rows), option=orjson.OPT_INDENT_2))
+        total = next((r for r in shard_rows if r["shard"] == ALL), {})
+        yield self._write("metrics/run_profile.json", orjson.dumps(
+            total.get("profile") or empty_profile(), option=orjson.OPT_INDENT_2))
         yield self._write("metrics/summary.json", orjson.dumps(summary,
                                                                 option=orjson.OPT_INDENT_2))
 
@@ -329,12 +337,25 @@ class FinalizeDoFn(beam.DoFn):
                 staged.append(path)
         return staged
 
+    def _report(self, summary: dict, renames: dict[str, str]) -> str:
+        """report.html, rendered into staging from the staged files before any is moved. A
+        retried finalize that finds some already moved renders nothing: the first attempt's
+        report is then staged or already in place."""
+        sources = {rel: path for path, rel in renames.items()}
+
+        def manifest() -> dict:
+            loads = model_load_stats([p for rel, p in sources.items()
+                                      if rel.startswith("metrics/model_loads-")])
+            return build_manifest(summary, sorted(sources) + [REPORT], loads)
+        return staged_report(self._staging, sources, summary, manifest)
+
     def process(self, summary, *written_lists):
         staged = self._with_empty_families(sorted({f for files in written_lists
                                                    for f in files}))
         root = self._staging.rstrip("/") + "/"
         names = final_names([f[len(root):] for f in staged])
         renames = {f: names[f[len(root):]] for f in staged}
+        renames[self._report(summary, renames)] = REPORT
 
         def manifest_for(directory: str, outputs: list[str]) -> dict:
             loads = model_load_stats([_join(directory, r) for r in outputs
