@@ -11,6 +11,7 @@ import argparse
 import difflib
 import importlib
 import math
+import os
 import sys
 from typing import Sequence
 
@@ -24,11 +25,37 @@ from transforms.graph_models import parse_tensor_map
 from transforms.read import DEFAULT_SPLIT_BYTES, MIN_SPLIT_BYTES
 
 __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_MAX_ERROR_RATE", "DEFAULT_MAX_RECORD_BYTES", "PROG",
-           "BatchPredictOptions", "all_options_parser", "check_argv", "print_help"]
+           "CONSOLE_SCRIPT", "SUBCOMMANDS", "OPTION_GROUPS", "BEAM_OPTIONS_DOCS",
+           "BatchPredictOptions", "all_options_parser", "check_argv", "help_text", "print_help",
+           "program_name"]
 
 DEFAULT_BATCH_SIZE = 8192  # from `python -m benchmarks --only batch` (benchmarks/RESULTS.md)
 DEFAULT_MAX_ERROR_RATE = 0.01
 PROG = "python -m pipeline"
+CONSOLE_SCRIPT = "batch-predict"  # setup.py's console_scripts entry point
+# the subcommands pipeline/__main__.py dispatches, as --help lists them
+SUBCOMMANDS = {
+    "describe": "--model M: the model's signatures, feature spec, version, size",
+    "demo": "build the embedded demo model and data, and score them",
+    "optimize": "--model M --output DIR: an inference-optimized, checked copy",
+    "report": "OUTPUT: render OUTPUT/report.html again from a finished run",
+}
+# --help shows this job's options in these groups, by option name; an option missing here is
+# listed under "other" (tests/test_help.py checks that none is)
+OPTION_GROUPS = {
+    "inputs": ("input", "input_query", "input_format", "feature_spec", "key_field",
+               "key_dtype", "passthrough_fields", "csv_list_separator", "max_record_bytes"),
+    "model": ("model", "model_inputs", "model_outputs", "signature", "model_cache_dir"),
+    "outputs": ("output", "output_table", "output_format", "overwrite"),
+    "performance": ("batch_size", "concurrent_model_calls", "tf_intra_op_threads",
+                    "tf_inter_op_threads", "split_bytes", "reshuffle_batches"),
+    "reliability": ("max_error_rate",),
+    "this run": ("plan_only", "verbose"),
+}
+BEAM_OPTIONS_DOCS = (
+    "https://beam.apache.org/documentation/programming-guide/#configuring-pipeline-options",
+    "https://cloud.google.com/dataflow/docs/reference/pipeline-options",
+)
 
 
 # --- value types: each says what it accepts, so argparse's message is one actionable line ----
@@ -277,6 +304,18 @@ class BatchPredictOptions(PipelineOptions):
                  "reads (files, ranges of large files; a gzip file is one) than the job has "
                  "worker processes; never on the local runner, whose Reshuffle holds the whole "
                  "input in memory")
+        # not --dry_run: that is Beam's own option (it takes a value, and any non-empty one is
+        # true) with which DataflowRunner builds a job without submitting it; this one stops
+        # before any runner is involved
+        parser.add_argument(
+            "--plan_only", action="store_true", default=False,
+            help="check the options, inputs, model and output location, print the plan "
+                 "(inputs and their bytes, formats, model, signature, spec, outputs, runner) "
+                 "and exit 0, without scoring and without touching the output dir")
+        parser.add_argument(
+            "--verbose", action="store_true", default=False,
+            help="also show TensorFlow's start-up lines (oneDNN, CUDA probing), hidden by "
+                 "default; a TF_CPP_MIN_LOG_LEVEL set in the environment is honoured either way")
 
     @staticmethod
     def check_argv(argv: Sequence[str] | None = None) -> None:
@@ -372,7 +411,8 @@ def _unknown(arg: str, parser: argparse.ArgumentParser) -> str:
     close = difflib.get_close_matches(name.lstrip("-").replace("-", "_"), list(options), n=1)
     if close:
         return f"unknown option {name}; did you mean {options[close[0]]}?"
-    return (f"unknown option {name}: not an option of this job ({PROG} --help) nor of Beam")
+    return (f"unknown option {name}: not an option of this job ({program_name()} --help) "
+            "nor of Beam")
 
 
 def _wants_help(argv: list[str]) -> bool:
@@ -380,14 +420,79 @@ def _wants_help(argv: list[str]) -> bool:
     return "-h" in args or "--help" in args
 
 
-def print_help() -> None:
+def program_name(argv0: str | None = None) -> str:
+    """How the user started this tool: the console script by its name, else `python -m
+    pipeline` (sys.argv[0] is then the path of pipeline/__main__.py, or a test runner's)."""
+    name = os.path.splitext(os.path.basename(sys.argv[0] if argv0 is None else argv0))[0]
+    return CONSOLE_SCRIPT if name == CONSOLE_SCRIPT else PROG
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's help ends with its default, or says that it is required; the description
+    and epilog keep their own line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is argparse.SUPPRESS or "(default:" in text:
+            return text
+        if action.required:
+            return text + " (required)"
+        if action.default is None:
+            shown = "none"
+        elif isinstance(action, argparse._StoreTrueAction):
+            shown = "on" if action.default else "off"
+        else:
+            shown = str(action.default)
+        return text + f" (default: {shown})".replace("%", "%%")
+
+
+class _GroupedOptions:
+    """What BatchPredictOptions._add_argparse_args sees as its parser: each option goes into
+    its OPTION_GROUPS group of the help parser."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        self._parser = parser
+        self._groups = {name: parser.add_argument_group(name)
+                        for name in OPTION_GROUPS}
+
+    def add_argument(self, *names, **kwargs):
+        dest = names[0].lstrip("-")
+        group = next((g for g, dests in OPTION_GROUPS.items() if dest in dests), None)
+        if group is None:
+            group = "other"
+            if group not in self._groups:
+                self._groups[group] = self._parser.add_argument_group(group)
+        return self._groups[group].add_argument(*names, **kwargs)
+
+
+def _help_parser(prog: str) -> argparse.ArgumentParser:
+    commands = "\n".join(f"  {prog} {name:<9} {line}" for name, line in SUBCOMMANDS.items())
+    docs = "".join(f"\n  {url}" for url in BEAM_OPTIONS_DOCS)
     parser = argparse.ArgumentParser(
-        prog=PROG, allow_abbrev=False,
-        description="Batch scoring of a TensorFlow SavedModel on Apache Beam.",
-        epilog="Every other option is Beam's (--runner, --direct_num_workers, "
-               "--direct_running_mode, --project, --region, --temp_location, ...).")
-    BatchPredictOptions._add_argparse_args(parser)
-    parser.print_help()
+        prog=prog, allow_abbrev=False, formatter_class=_HelpFormatter,
+        usage=f"{prog} --model M --input GLOB --output DIR [options]\n"
+              f"       {prog} SUBCOMMAND ...   (each subcommand has its own --help)",
+        description="Batch scoring of a TensorFlow model on Apache Beam: a scoring job, or one "
+                    "of these subcommands:\n" + commands,
+        epilog="Every other option is Beam's or Dataflow's (--runner, --direct_num_workers,\n"
+               "--direct_running_mode, --project, --region, --temp_location, --max_num_workers,\n"
+               "--labels, ...) and goes to Beam as given; an option that neither this tool nor\n"
+               "Beam defines is refused, naming the closest known one. Beam's and Dataflow's\n"
+               "options are documented at" + docs + "\n"
+               "and defined in apache_beam/options/pipeline_options.py of the installed "
+               "apache-beam.")
+    BatchPredictOptions._add_argparse_args(_GroupedOptions(parser))
+    return parser
+
+
+def help_text(prog: str | None = None) -> str:
+    """The tool's --help: usage, subcommands, this job's options in groups with their defaults,
+    and where Beam's own options are documented."""
+    return _help_parser(prog or program_name()).format_help()
+
+
+def print_help(prog: str | None = None) -> None:
+    print(help_text(prog), end="")
 
 
 def check_argv(argv: Sequence[str] | None = None) -> None:

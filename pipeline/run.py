@@ -11,26 +11,31 @@ import codecs
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import signal
 import sys
+import tempfile
 import threading
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
+                                                  StandardOptions, TestOptions)
 
 from pipeline.build import JobPlan, build_pipeline, plan_job
 from pipeline.dataflow import builds_job_only, is_dataflow, prepare_dataflow_options
 from pipeline.options import BatchPredictOptions
 from pipeline.provenance import run_provenance
-from transforms.errors import UserError
+from transforms.errors import OptionsError, UserError
 from transforms.worker import loading_phase
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_ERROR_BUDGET", "LOCAL_RUNNERS",
-           "make_pipeline", "read_summary", "run", "format_summary", "WORKER_LOGGER",
-           "WorkerLogFilter", "configure_logging", "main", "execute", "Stopped", "StopRequest"]
+           "make_pipeline", "read_summary", "run", "format_summary", "human_figure",
+           "format_plan", "WORKER_LOGGER", "WorkerLogFilter", "configure_logging", "main",
+           "execute", "Stopped", "StopRequest", "TENSORFLOW_START_UP_CHATTER",
+           "start_tensorflow_quietly"]
 
 _LOG = logging.getLogger("batch_predict")
 # the exit codes of every command of this package (pipeline, describe, demo, jobs)
@@ -60,14 +65,25 @@ def read_summary(output_dir: str) -> dict | None:
         return json.loads(fh.read())
 
 
-def run(argv: list[str] | None = None, **inject) -> tuple[beam.runners.runner.PipelineResult,
-                                                         JobPlan]:
-    """Plan, build and run the job; returns the (finished) result and the plan.
+def run(argv: list[str] | None = None, **inject
+        ) -> tuple[beam.runners.runner.PipelineResult | None, JobPlan]:
+    """Plan, build and run the job; returns the (finished) result and the plan. With
+    --plan_only the job is planned (every start-up check, the model loaded) and neither run
+    nor given the output dir: the result is None.
 
     `inject` goes to build_pipeline (tests: clock, predict_dofn)."""
     BatchPredictOptions.check_argv(argv)  # unknown flags, bad values: refused before anything
     options = PipelineOptions(argv)
     prepare_dataflow_options(options)  # fail fast, before the model is staged
+    if options.view_as(TestOptions).dry_run and not is_dataflow(options):
+        # Beam's --dry_run is DataflowRunner's (build the job, submit nothing); the local
+        # runner ignores it and would score and write everything
+        raise OptionsError("--dry_run is Beam's option for DataflowRunner (build the job "
+                           "without submitting it); the local runner would ignore it and run "
+                           "the job: use --plan_only to see the plan without running")
+    if options.view_as(BatchPredictOptions).plan_only:
+        with loading_phase():
+            return None, plan_job(options.view_as(BatchPredictOptions), claim=False)
     # a Dataflow job that is only built never runs: it must not claim the output dir
     claim = not (is_dataflow(options) and builds_job_only(options))
     with loading_phase():  # TensorFlow's import and the model load: no GC passes over them
@@ -84,23 +100,72 @@ def run(argv: list[str] | None = None, **inject) -> tuple[beam.runners.runner.Pi
     return result, plan
 
 
+def human_figure(value: float | None) -> str:
+    """A measured figure for a person: 3 significant digits, thousands separated (20.73725 ->
+    '20.7', 123456.7 -> '123,000'); counts are printed whole instead, and summary.json keeps
+    every figure at full precision."""
+    if value is None:
+        return "-"
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    decimals = 2 - math.floor(math.log10(abs(value)))
+    rounded = round(value, decimals)
+    if rounded and math.floor(math.log10(abs(rounded))) > math.floor(math.log10(abs(value))):
+        decimals -= 1  # 99.96 rounds to 100.0: still 3 digits, '100'
+    return f"{rounded:,.0f}" if decimals <= 0 else f"{rounded:,.{decimals}f}"
+
+
 def format_summary(s: dict, output_dir: str) -> str:
     lat = s.get("latency_ms") or {}
+    ms = "  ".join(f"{p} {human_figure(lat.get(p))} ms" for p in ("p50", "p95", "p99", "max"))
     lines = [
         f"outputs:      {output_dir}",
         f"model:        {s['model_path']} (version {s['model_version'] or '-'}, "
         f"signature {s['signature']}, {s['signature_convention']})",
         f"feature spec: {s['feature_spec_source']}",
-        f"records in:   {s['records_in']}  predicted: {s['predicted']}  errors: {s['errors']}"
-        f"  ({'accounted' if s['accounted'] else 'NOT ACCOUNTED'}"
+        f"records in:   {s['records_in']:,}  predicted: {s['predicted']:,}  "
+        f"errors: {s['errors']:,}  ({'accounted' if s['accounted'] else 'NOT ACCOUNTED'}"
         f"{'' if s['counts_exact'] else ', some file tails unreadable'})",
-        f"throughput:   {s['examples_per_second']:.0f} examples/s over {s['wall_seconds']:.1f}s"
-        f" wall; {s['model_calls']} model calls",
-        f"model call:   p50 {lat.get('p50')} ms  p95 {lat.get('p95')} ms  p99 {lat.get('p99')} "
-        f"ms  max {lat.get('max')} ms",
+        f"throughput:   {human_figure(s['examples_per_second'])} examples/s over "
+        f"{human_figure(s['wall_seconds'])} s wall; {s['model_calls']:,} model calls",
+        f"model call:   {ms}",
     ]
     if s["errors"]:
         lines.append(f"errors:       {s['errors_by_type']}")
+    return "\n".join(lines)
+
+
+def format_plan(plan: JobPlan, options: PipelineOptions, most_files: int = 20) -> str:
+    """What --plan_only prints: what the job would read, with which model, and where it would
+    write, on which runner."""
+    info = plan.run_info
+    total = sum(size for _, size in plan.files)
+    runner = options.view_as(StandardOptions).runner
+    if runner in LOCAL_RUNNERS:
+        workers = options.view_as(DirectOptions).direct_num_workers or 1
+        runner = (f"{runner or 'DirectRunner'}, run here on Beam's Python FnApiRunner "
+                  f"({workers} worker{'s' if workers != 1 else ''}, "
+                  f"{options.view_as(DirectOptions).direct_running_mode})")
+    lines = [f"inputs:       {len(plan.files):,} file{'s' if len(plan.files) != 1 else ''}, "
+             f"{total:,} bytes, format {plan.input_format}"]
+    lines += [f"  {size:>15,}  {path}" for path, size in plan.files[:most_files]]
+    if len(plan.files) > most_files:
+        lines.append(f"  ... and {len(plan.files) - most_files:,} more")
+    outputs = plan.output_dir + (f" (predictions in BigQuery {info['output_table']})"
+                                 if info.get("output_table") else
+                                 f" (predictions as {plan.output_format})")
+    lines += [
+        f"model:        {info['model_path']} (version {info['model_version'] or '-'}, "
+        f"{info['model_kind']})",
+        f"signature:    {info['signature']} ({info['signature_convention']}), outputs "
+        f"{', '.join(plan.output_names)}",
+        f"feature spec: {info['feature_spec_source']}, {len(plan.model.spec)} features",
+        f"outputs:      {outputs}",
+        f"runner:       {runner}",
+        f"batch size:   {'auto' if plan.auto_batch else f'{plan.batch_size:,}'}; "
+        f"max error rate {plan.max_error_rate}",
+        "plan only: nothing was scored and the output dir was not touched",
+    ]
     return "\n".join(lines)
 
 
@@ -146,21 +211,64 @@ def configure_logging() -> None:
         workers.addFilter(WorkerLogFilter())
 
 
-def main(argv: list[str] | None = None) -> int:
+# What TensorFlow's C++ side prints on every start on a machine without a GPU. absl writes the
+# I0000 lines before it reads TF_CPP_MIN_LOG_LEVEL, and the cuInit line at ERROR level, which
+# only TF_CPP_MIN_LOG_LEVEL=3 would hide, together with every later C++ error worth reading;
+# absl's and glog's own level variables (ABSL_MIN_LOG_LEVEL, GLOG_minloglevel) do not reach
+# these lines. So the import and the device probe run with file descriptor 2 caught, and every
+# other line is written out again.
+TENSORFLOW_START_UP_CHATTER = (
+    "All log messages before absl::InitializeLog() is called",
+    "oneDNN custom operations are on",
+    "Could not find cuda drivers",
+    "failed call to cuInit",
+)
+
+
+def start_tensorflow_quietly() -> None:
+    """Import TensorFlow and probe its devices (where the cuInit line comes from) with fd 2 in
+    a temp file; then write what it caught to stderr, less TENSORFLOW_START_UP_CHATTER. The
+    probe leaves the runtime uninitialized: thread pool sizes can still be set after it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import tensorflow as tf
+            tf.config.list_physical_devices()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            text = caught.read().decode("utf-8", "replace")
+            sys.stderr.write("".join(
+                line for line in text.splitlines(keepends=True)
+                if not any(c in line for c in TENSORFLOW_START_UP_CHATTER)))
+            sys.stderr.flush()
+
+
+def main(argv: list[str] | None = None, quiet_tensorflow: bool = False) -> int:
     """One scoring job from a command line; returns its exit code. (`python -m pipeline` and
-    `batch-predict` come through pipeline/__main__.py, which also dispatches subcommands.)"""
-    return execute(list(sys.argv[1:] if argv is None else argv))[0]
+    `batch-predict` come through pipeline/__main__.py, which also dispatches subcommands, and
+    asks for `quiet_tensorflow` unless --verbose or TF_CPP_MIN_LOG_LEVEL is set.)"""
+    return execute(list(sys.argv[1:] if argv is None else argv), quiet_tensorflow)[0]
 
 
-def execute(argv: list[str]) -> tuple[int, str | None]:
+def execute(argv: list[str], quiet_tensorflow: bool = False) -> tuple[int, str | None]:
     """Run one scoring job and report it; returns the exit code and the dir holding this run's
     outputs (the output dir, or the run's staging dir when it was over its error budget and a
-    previous good run was kept; None when it wrote none)."""
+    previous good run was kept; None when it wrote none). `quiet_tensorflow`: import
+    TensorFlow through start_tensorflow_quietly once the command line has passed its check."""
     configure_logging()
     stop = StopRequest()
     try:
         with stop.handled():
-            _, plan = run(argv)
+            if quiet_tensorflow:
+                # a mistyped option is refused before TensorFlow's import (seconds)
+                BatchPredictOptions.check_argv(argv)
+                start_tensorflow_quietly()
+            result, plan = run(argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE, None
@@ -180,6 +288,9 @@ def execute(argv: list[str]) -> tuple[int, str | None]:
               file=sys.stderr)
         return 128 + stop.signum, None
     options = PipelineOptions(argv)
+    if result is None:
+        print(format_plan(plan, options))
+        return EXIT_OK, None
     if is_dataflow(options) and builds_job_only(options):
         print(f"Dataflow job built, not run (template file or dry run); outputs would go to "
               f"{plan.output_dir}")
