@@ -65,3 +65,13 @@ def assert_close(actual, expected, rtol=1e-5):
     """float32 model outputs vary in the last bits with the batch size (oneDNN kernels)."""
     np.testing.assert_allclose(np.asarray(actual, dtype=np.float64),
                                np.asarray(expected, dtype=np.float64), rtol=rtol, atol=1e-6)
+
+
+def one_error_line(stderr: str, *words: str) -> str:
+    """The one `error: ` line of a refused command (no traceback), holding every word."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]

@@ -16,7 +16,7 @@ from pipeline.run import EXIT_OK, EXIT_USAGE, main
 from tests import graph_zoo as gz
 from tests import model_zoo as zoo
 from tests.gcs_emulator import gcs, loopback_only  # noqa: F401  (fixtures)
-from tests.helpers import by_key, errors, predictions, run_job
+from tests.helpers import by_key, errors, one_error_line, predictions, run_job
 from transforms.graph_models import parse_tensor_map
 
 pytest_plugins = ["tests.model_zoo", "tests.graph_zoo"]
@@ -36,15 +36,6 @@ def _inputs(tmp_path, rows, dtypes, fmt):
 def _manifest(out) -> dict:
     with open(os.path.join(out, "manifest.json")) as fh:
         return json.load(fh)
-
-
-def _one_error_line(stderr: str, *words: str) -> str:
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
 
 
 # --- a frozen TF1 graph with a ParseExample op ----------------------------------------------
@@ -253,7 +244,7 @@ def test_unusable_graph_or_tensors_fail_at_start_up_in_one_line(tmp_path, frozen
     code = main(["--model", model, "--input", bad_graphs["tfrecord"], "--output", str(out),
                  *options])
     assert code == EXIT_USAGE
-    _one_error_line(capsys.readouterr().err, *words)
+    one_error_line(capsys.readouterr().err, *words)
     assert not out.exists()
 
 
@@ -266,7 +257,7 @@ def test_graph_outputs_needing_an_unfed_placeholder_fail_at_start_up(tmp_path, f
     code = main(["--model", frozen_tf2["graph"], "--input", data, "--output", str(out),
                  "--model_inputs", "x:x:0,n:n:0", "--model_outputs", "probs:Identity:0"])
     assert code == EXIT_USAGE
-    _one_error_line(capsys.readouterr().err, "need placeholder(s) word",
+    one_error_line(capsys.readouterr().err, "need placeholder(s) word",
                     "--model_inputs does not feed")
 
 

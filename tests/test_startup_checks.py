@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.run import EXIT_USAGE, main, run
 from tests import model_zoo as zoo
+from tests.helpers import one_error_line
 from transforms.errors import InputError, ModelError
 from transforms.model import open_model
 
@@ -33,15 +34,6 @@ def _cli(*args):
                           text=True, timeout=300, cwd=ROOT)
 
 
-def _assert_one_clear_line(stderr: str, *words: str):
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
-
-
 def _run_fails(tmp_path, exc, model, inputs, *extra):
     out = tmp_path / "out"
     with pytest.raises(exc) as info:
@@ -55,7 +47,7 @@ def test_cli_missing_model_path_exits_2_without_traceback(tmp_path, inputs):
     proc = _cli("--model", str(tmp_path / "no_such_model"), "--input", inputs["tfrecord"],
                 "--output", str(tmp_path / "out"))
     assert proc.returncode == EXIT_USAGE == 2
-    _assert_one_clear_line(proc.stderr, "no_such_model", "does not exist")
+    one_error_line(proc.stderr, "no_such_model", "does not exist")
     assert not (tmp_path / "out").exists()
 
 
@@ -65,7 +57,7 @@ def test_cli_model_failing_its_first_call_exits_2_without_traceback(tmp_path, in
     proc = _cli("--model", missing_kernel_model, "--input", inputs["tfrecord"],
                 "--output", str(tmp_path / "out"))
     assert proc.returncode == 2
-    line = _assert_one_clear_line(proc.stderr, "first call fails", "BoostedTreesBucketize",
+    line = one_error_line(proc.stderr, "first call fails", "BoostedTreesBucketize",
                                   "no kernel")
     assert "Graph execution error" not in line
 
@@ -73,7 +65,7 @@ def test_cli_model_failing_its_first_call_exits_2_without_traceback(tmp_path, in
 def test_cli_describe_signature_not_found(missing_kernel_model):
     proc = _cli("describe", "--model", missing_kernel_model, "--signature", "predict")
     assert proc.returncode == 2 and proc.stdout == ""
-    _assert_one_clear_line(proc.stderr, "signature 'predict' not found",
+    one_error_line(proc.stderr, "signature 'predict' not found",
                            "available: serving_default")
 
 
@@ -225,7 +217,7 @@ def test_in_process_main_returns_2_with_one_line(tmp_path, inputs, missing_kerne
                  "--output", str(tmp_path / "out")])
     assert code == 2
     err = capsys.readouterr().err
-    _assert_one_clear_line(err, "BoostedTreesBucketize")
+    one_error_line(err, "BoostedTreesBucketize")
     assert not (tmp_path / "out").exists()
 
 

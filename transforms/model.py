@@ -277,24 +277,18 @@ class LoadedModel:
 def stage_local(version: ModelVersion, cache_dir: str | None = None) -> tuple[str, float]:
     """A local directory holding the SavedModel (a local file, for a frozen graph), and the
     seconds spent staging it."""
-    if is_graph_path(version.path):
-        if not version.path.startswith("gs://"):
-            if not os.path.isfile(version.path):
-                raise ModelError(f"model path {version.path} does not exist (a frozen graph "
-                                 "file; supported locations are local paths and gs://)")
-            return version.path, 0.0
-        from transforms.staging import stage_graph_file
-        start = time.monotonic()
-        local = stage_graph_file(version.path, cache_dir)
-        return local, time.monotonic() - start
+    graph = is_graph_path(version.path)
     if not version.path.startswith("gs://"):
-        if not os.path.isdir(version.path):
+        if graph and not os.path.isfile(version.path):
+            raise ModelError(f"model path {version.path} does not exist (a frozen graph "
+                             "file; supported locations are local paths and gs://)")
+        if not graph and not os.path.isdir(version.path):
             raise ModelError(f"model path {version.path} is not a local directory; supported "
                              "locations are local paths and gs://")
         return version.path, 0.0
-    from transforms.staging import stage_model
+    from transforms.staging import stage_graph_file, stage_model
     start = time.monotonic()
-    local = stage_model(version.path, cache_dir)
+    local = (stage_graph_file if graph else stage_model)(version.path, cache_dir)
     return local, time.monotonic() - start
 
 
