@@ -27,6 +27,7 @@ from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions
 from pipeline.build import JobPlan, build_pipeline, plan_job
 from pipeline.dataflow import builds_job_only, is_dataflow, prepare_dataflow_options
 from pipeline.options import BatchPredictOptions
+from pipeline.progress import ProgressReporter
 from pipeline.provenance import run_provenance
 from transforms.errors import OptionsError, UserError
 from transforms.worker import loading_phase
@@ -35,7 +36,7 @@ __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_ERROR_BUDGET", "LOCAL_R
            "make_pipeline", "read_summary", "run", "format_summary", "human_figure",
            "format_plan", "WORKER_LOGGER", "WorkerLogFilter", "configure_logging", "main",
            "execute", "Stopped", "StopRequest", "TENSORFLOW_START_UP_CHATTER",
-           "start_tensorflow_quietly"]
+           "start_tensorflow_quietly", "live_progress"]
 
 _LOG = logging.getLogger("batch_predict")
 # the exit codes of every command of this package (pipeline, describe, demo, jobs)
@@ -93,11 +94,23 @@ def run(argv: list[str] | None = None, **inject
             plan.run_info.update(run_provenance(options, plan.files))
             p = make_pipeline(options)
             build_pipeline(p, plan, **inject)
-        result = p.run()
-        result.wait_until_finish()
+        with live_progress(options, plan):
+            result = p.run()
+            result.wait_until_finish()
     finally:
         plan.release()  # whatever happened, the next run may use the output dir
     return result, plan
+
+
+def live_progress(options: PipelineOptions, plan: JobPlan):
+    """A ProgressReporter for a run in this process; local worker subprocesses
+    (multi_processing) and remote runners count in counters this process never sees, so they
+    keep only the per-process log lines. BigQuery input counts no bytes read: no % there."""
+    if (options.view_as(StandardOptions).runner not in LOCAL_RUNNERS
+            or options.view_as(DirectOptions).direct_running_mode == "multi_processing"):
+        return contextlib.nullcontext()
+    return ProgressReporter(None if plan.source is not None
+                            else sum(size for _, size in plan.files))
 
 
 def human_figure(value: float | None) -> str:

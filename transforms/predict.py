@@ -37,6 +37,7 @@ from apache_beam.utils import shared
 from transforms.batch_size import BatchSizeTuner
 from transforms.handler import FATAL, OUT_OF_MEMORY, ModelHandler
 from transforms.metrics import ALL, JobCounters
+from transforms.progress import PROGRESS
 from transforms.records import Batch, RecordBatch, error_row, in_global_window
 from transforms.worker import ModelHolder, exit_now, loading_phase
 
@@ -363,6 +364,7 @@ class PredictDoFn(beam.DoFn):
         n = len(positions)
         self._metrics.predicted.inc(n)
         self._scored_since_log += n
+        PROGRESS.add_scored(n)
         self._log_progress()
         passthrough = (None if chunk.passthrough is None else
                        {k: v[positions] for k, v in chunk.passthrough.items()})

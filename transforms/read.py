@@ -27,6 +27,7 @@ from transforms.errors import InputError
 from transforms.formats.base import (DEFAULT_MAX_RECORD_BYTES, InputFormat, SplitIndex,
                                      is_gzip)
 from transforms.metrics import JobCounters
+from transforms.progress import PROGRESS
 from transforms.records import Batch
 
 __all__ = ["DEFAULT_SPLIT_BYTES", "match_inputs", "tally", "split_grid", "read_units",
@@ -259,6 +260,8 @@ class _ReadDoFn(beam.DoFn):
             part = {"records": 0, "read_errors": 0, "unreadable_tail": False, "gzip": False,
                     "bytes": 0}
             yield from tally(self._block_items(index, block, part), part)
+            # a block's bytes are known once it is read: live progress moves block by block
+            PROGRESS.add_read(part["bytes"], part["records"])
             for k in ("records", "read_errors", "bytes"):
                 stats[k] += part[k]
             stats["unreadable_tail"] |= part["unreadable_tail"]
