@@ -255,8 +255,8 @@ MUTANTS = [
             "signatures",)),
     Mutant("a typed key that the key column cannot hold reaches the writer",
            "transforms/parse.py",
-           "            if unfit is not None:  # the job's key type",
-           "            if False:  # the job's key type",
+           "    if dtype is not None and number == (dtype == \"string\"):",
+           "    if False:",
            ("tests/test_jsonl_input.py::test_a_key_of_another_type_than_the_first_is_an_error_"
             "row_in_a_typed_output",)),
 ]

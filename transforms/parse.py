@@ -304,56 +304,48 @@ def _key_values(cells, key_field: str, dtype: str | None = None
             cells = cells.fill_null("") if cells.null_count else cells
             keys = cells.to_numpy(zero_copy_only=False)
             empty = pc.equal(cells, "").to_numpy(zero_copy_only=False)
-        elif pa.types.is_nested(cells.type):  # a list or an object: no value to join on
-            empty = cells.is_null().to_numpy(zero_copy_only=False)
-            bad = {int(i): ("type_mismatch", f"key column {key_field!r} holds a "
-                                             f"{cells.type} value; a key is one string or "
-                                             "number")
-                   for i in np.flatnonzero(~empty)}
-            return np.full(len(cells), "", dtype=object), {
-                **bad, **{int(i): ("missing_key", f"key column {key_field!r} is empty")
-                          for i in np.flatnonzero(empty)}}
         else:
-            empty = cells.is_null().to_numpy(zero_copy_only=False)
             t = cells.type
-            unfit = _unfit_keys(cells, dtype)
-            if unfit is not None:  # the job's key type, fixed at start-up, cannot hold them
-                bad = {int(i): ("type_mismatch", f"key column {key_field!r} holds a {t} value; "
-                                                 f"this job's keys are {dtype} (its first "
-                                                 "input's)")
-                       for i in np.flatnonzero(unfit & ~empty)}
-                if bad:
-                    cells = pc.if_else(pa.array(unfit), pa.nulls(len(cells), t), cells)
-                    empty = empty | unfit
-            if dtype == "int64" and pa.types.is_floating(t):
-                cells = pc.cast(cells.fill_null(0), pa.int64())  # integral: checked above
-            if cells.null_count and (pa.types.is_integer(t) or pa.types.is_floating(t)):
-                cells = cells.fill_null(0)  # not NaN: the kept rows' keys stay integers
-            keys = cells.to_numpy(zero_copy_only=False)
-            if unfit is not None and bad:
-                return keys, {**bad, **{int(i): ("missing_key",
-                                                 f"key column {key_field!r} is empty")
-                                        for i in np.flatnonzero(empty & ~unfit)}}
+            empty = cells.is_null().to_numpy(zero_copy_only=False)
+            wrong, why = _unfit_keys(cells, dtype)
+            wrong &= ~empty
+            if wrong.any():  # out of the key column, as if absent; error rows of their own
+                cells = pc.if_else(pa.array(wrong), pa.nulls(len(cells), t), cells)
+            if pa.types.is_nested(t):
+                keys = np.full(len(cells), "", dtype=object)
+            else:
+                if dtype == "int64" and pa.types.is_floating(t):  # integral: checked above
+                    cells = pc.cast(cells.fill_null(0), pa.int64())
+                if cells.null_count and (pa.types.is_integer(t) or pa.types.is_floating(t)):
+                    cells = cells.fill_null(0)  # not NaN: the kept rows' keys stay integers
+                keys = cells.to_numpy(zero_copy_only=False)
+            rows = {int(i): ("missing_key", f"key column {key_field!r} is empty")
+                    for i in np.flatnonzero(empty)}
+            rows.update({int(i): ("type_mismatch", f"key column {key_field!r} {why}")
+                         for i in np.flatnonzero(wrong)})
+            return keys, rows
     return keys, {int(i): ("missing_key", f"key column {key_field!r} is empty")
                   for i in np.flatnonzero(empty)}
 
 
-def _unfit_keys(cells: pa.Array, dtype: str | None) -> np.ndarray | None:
-    """Which typed keys the job's key type cannot hold (None: all fit): text or a fraction for
-    an int64 key, a number for a string key. Without it a later record's key of another type
-    than the first input's would reach a writer whose key column has that first type."""
+def _unfit_keys(cells: pa.Array, dtype: str | None) -> tuple[np.ndarray, str]:
+    """Which typed keys cannot be a key of this job, and why: a list or an object never; with
+    `dtype` (the key column's type in the rows, from the first input) text or a fraction for
+    an int64 key, a number for a string key. Without it such a record would reach a writer
+    whose key column cannot hold it."""
     t = cells.type
+    n = len(cells)
+    if pa.types.is_nested(t):
+        return np.ones(n, dtype=bool), f"holds a {t} value; a key is one string or number"
+    why = f"holds a {t} value; this job's keys are {dtype} (its first input's)"
     number = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
-    if dtype is None or dtype == "string" and not number:
-        return None
-    if dtype == "string" or (dtype == "int64" and not number) or \
-            (dtype.startswith("float") and not number):
-        return np.ones(len(cells), dtype=bool)
+    if dtype is not None and number == (dtype == "string"):  # text for a number, or back
+        return np.ones(n, dtype=bool), why
     if dtype == "int64" and pa.types.is_floating(t):
         values = cells.fill_null(0).to_numpy(zero_copy_only=False)
         with np.errstate(invalid="ignore"):
-            return ~((np.floor(values) == values) & (np.abs(values) < 2.0 ** 63))
-    return None
+            return ~((np.floor(values) == values) & (np.abs(values) < 2.0 ** 63)), why
+    return np.zeros(n, dtype=bool), why
 
 
 def _source_values(batch: ColumnBatch, name: str, ctype) -> list:
