@@ -13,6 +13,7 @@ import subprocess
 
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
+from pipeline.dataflow import DISTRIBUTION
 from transforms.errors import OptionsError
 
 __all__ = ["CODE_VERSION_ENV", "code_version", "parse_label_values", "parse_labels",
@@ -27,7 +28,7 @@ def code_version() -> str:
     if os.environ.get(CODE_VERSION_ENV):
         return os.environ[CODE_VERSION_ENV]
     try:
-        version = metadata.version("batch-predict")
+        version = metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         version = "0+unknown"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
