@@ -9,6 +9,8 @@
 
 Dates may also be `today` or `yesterday` (in the schedule's time zone). Exit codes are the
 pipeline's (pipeline/run.py): 0 ok, 2 bad spec or option, 3 error budget exceeded, 1 failed.
+`run` hides TensorFlow's start-up lines as `python -m pipeline` does, unless the spec sets
+options.verbose or TF_CPP_MIN_LOG_LEVEL is set in the environment.
 """
 from __future__ import annotations
 
@@ -57,15 +59,29 @@ def _time_zone(spec) -> str:
     return spec.schedule.time_zone if spec.schedule else "UTC"
 
 
+def _quiet_tensorflow(spec) -> bool:
+    """As `python -m pipeline` decides it: TensorFlow's start-up lines are hidden unless the
+    spec asks for them (options.verbose) or the user chose TensorFlow's log level. When hidden,
+    the level is set here, before TensorFlow is imported (it reads the level then)."""
+    if spec.options.get("verbose") is True or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        return False
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return True
+
+
 def _run(args, spec) -> int:
     from jobs.runner import backfill, format_outcomes, run_date
     from jobs.spec import parse_date
     configure_logging()
+    # each run checks its command line, then imports TensorFlow (pipeline.run.execute): a bad
+    # date or backfill range is refused before that
+    quiet = _quiet_tensorflow(spec)
     if args.date:
-        outcomes = [run_date(spec, parse_date(args.date, _time_zone(spec)))]
+        outcomes = [run_date(spec, parse_date(args.date, _time_zone(spec)),
+                             quiet_tensorflow=quiet)]
     else:
         first, last = (parse_date(d, _time_zone(spec)) for d in args.backfill)
-        outcomes = backfill(spec, first, last)
+        outcomes = backfill(spec, first, last, quiet_tensorflow=quiet)
     print(format_outcomes(outcomes))
     failed = [o for o in outcomes if not o.succeeded]
     return failed[0].exit_code if failed else EXIT_OK
@@ -112,5 +128,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main())

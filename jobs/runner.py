@@ -33,13 +33,15 @@ class RunOutcome:
         return self.exit_code == EXIT_OK
 
 
-def run_date(spec: JobSpec, day: dt.date, extra_argv: list[str] | None = None) -> RunOutcome:
-    """Run the job for one date; returns the pipeline's exit code and the manifest."""
+def run_date(spec: JobSpec, day: dt.date, extra_argv: list[str] | None = None,
+             quiet_tensorflow: bool = False) -> RunOutcome:
+    """Run the job for one date; returns the pipeline's exit code and the manifest.
+    `quiet_tensorflow`: TensorFlow starts as in `python -m pipeline` (pipeline.run.execute)."""
     argv = pipeline_argv(spec, day) + list(extra_argv or [])
     output = render(spec.output, day).rstrip("/")
     _LOG.info("job %s, run date %s: output %s", spec.name, day, output)
     try:
-        code, where = execute(argv)
+        code, where = execute(argv, quiet_tensorflow)
     except Exception:  # the job failed while running (e.g. a Dataflow job failed): record it,
         # with its traceback, so the other dates of a backfill still run
         _LOG.exception("job %s, run date %s failed", spec.name, day)
@@ -55,10 +57,12 @@ def date_range(first: dt.date, last: dt.date) -> list[dt.date]:
 
 
 def backfill(spec: JobSpec, first: dt.date, last: dt.date,
-             extra_argv: list[str] | None = None) -> list[RunOutcome]:
+             extra_argv: list[str] | None = None,
+             quiet_tensorflow: bool = False) -> list[RunOutcome]:
     """Run every date from first to last (inclusive), oldest first; a failed date does not
     stop the others (each is independent and can be rerun alone)."""
-    return [run_date(spec, day, extra_argv) for day in date_range(first, last)]
+    return [run_date(spec, day, extra_argv, quiet_tensorflow)
+            for day in date_range(first, last)]
 
 
 def format_outcomes(outcomes: list[RunOutcome]) -> str:
