@@ -50,7 +50,7 @@ OPTION_GROUPS = {
     "performance": ("batch_size", "concurrent_model_calls", "tf_intra_op_threads",
                     "tf_inter_op_threads", "split_bytes", "reshuffle_batches"),
     "reliability": ("max_error_rate",),
-    "this run": ("plan_only", "verbose"),
+    "this run": ("plan_only", "plan_sample", "verbose"),
 }
 BEAM_OPTIONS_DOCS = (
     "https://beam.apache.org/documentation/programming-guide/#configuring-pipeline-options",
@@ -313,6 +313,11 @@ class BatchPredictOptions(PipelineOptions):
                  "(inputs and their bytes, formats, model, signature, spec, outputs, runner) "
                  "and exit 0, without scoring and without touching the output dir")
         parser.add_argument(
+            "--plan_sample", type=int, default=0, metavar="N",
+            help="with --plan_only: also read, parse and score the first N records of the "
+                 "first input file here, print what one model call costs, and estimate the "
+                 "records and the work of the whole run from them (0: no sample)")
+        parser.add_argument(
             "--verbose", action="store_true", default=False,
             help="also show TensorFlow's start-up lines (oneDNN, CUDA probing), hidden by "
                  "default; a TF_CPP_MIN_LOG_LEVEL set in the environment is honoured either way")
@@ -530,5 +535,12 @@ def check_argv(argv: Sequence[str] | None = None) -> None:
         raise OptionsError(f"missing required option{'s' if len(missing) > 1 else ''} "
                            f"{', '.join(missing)} (e.g. --model gs://bucket/export/model "
                            "--input 'gs://bucket/data/part-*' --output gs://bucket/scores)")
+    sample = getattr(namespace, "plan_sample", 0)
+    if sample and not getattr(namespace, "plan_only", False):
+        raise OptionsError(f"--plan_sample {sample} goes with --plan_only (a run measures "
+                           "itself: see its summary and report.html)")
+    if sample < 0:
+        raise OptionsError(f"--plan_sample {sample}: give a number of records, 1 or more "
+                           "(0: no sample)")
     from pipeline.provenance import parse_label_values
     parse_label_values(getattr(namespace, "labels", None))

@@ -1,11 +1,16 @@
-"""Live progress of a local in-process run on stderr: records scored, % of input bytes read,
-records/s and an ETA; rewritten in place (`\\r`) on a terminal, one log line every 10 s
-otherwise.
+"""Live progress of a run on stderr: records scored, % of input bytes read, records/s and an
+ETA; rewritten in place (`\\r`) on a terminal, one log line every 10 s otherwise. A local run
+reads the counters its DoFns keep (transforms/progress.py: in this process, or published by
+local worker processes); a Dataflow job, the job's Beam metrics (`BeamMetricsProgress`),
+queried every REMOTE_SECONDS at most.
 
-Input bytes are counted as stored (compressed bytes for a gzip file), block by block as each
-is read to its end, so the percentage moves in steps of a file or a read range
-(--split_bytes). The ETA is the bytes left over an exponentially weighted byte rate (time
-constant RATE_SECONDS), so it follows a job whose speed changes.
+Input bytes are counted as stored (compressed bytes for a gzip file), as the input formats
+read them: each batch handed on adds the bytes its file was read up to (a format that cannot
+tell adds a file's bytes once it is read). The ETA is the records left over an exponentially
+weighted rate of records scored (time constant RATE_SECONDS, from the first record scored, so
+start-up does not drag it down); records left are those read and not done yet (scored or
+an error row) plus the bytes not read yet at the records per byte read so far. Counting records, not bytes, keeps
+the reading running ahead of the model (read-ahead, bundles in flight) out of the ETA.
 
 BATCH_PREDICT_PROGRESS_SECONDS sets the update interval (tests use a small one).
 """
@@ -19,15 +24,18 @@ import threading
 import time
 from typing import Callable, TextIO
 
-from transforms.progress import PROGRESS, ProgressCounters, ProgressCounts
+from transforms.progress import PROGRESS, ProgressCounters, ProgressCounts, PublishedProgress
 
-__all__ = ["ProgressReporter", "RATE_SECONDS", "LOG_SECONDS", "TTY_SECONDS",
-           "INTERVAL_ENV", "progress_interval"]
+__all__ = ["ProgressReporter", "BeamMetricsProgress", "RATE_SECONDS", "LOG_SECONDS",
+           "TTY_SECONDS", "SAMPLE_SECONDS", "REMOTE_SECONDS", "INTERVAL_ENV",
+           "progress_interval"]
 
 _LOG = logging.getLogger("batch_predict")
 RATE_SECONDS = 30.0  # the time constant of the weighted rates
 LOG_SECONDS = 10.0  # between log lines when stderr is not a terminal
 TTY_SECONDS = 1.0  # between in-place updates on a terminal
+SAMPLE_SECONDS = 1.0  # between samples of the counters
+REMOTE_SECONDS = 10.0  # at least, between queries of a remote job's metrics
 INTERVAL_ENV = "BATCH_PREDICT_PROGRESS_SECONDS"
 
 
@@ -43,6 +51,39 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
+class BeamMetricsProgress:
+    """A job's own Beam counters (transforms.metrics.JobCounters) as progress counts, read
+    from its PipelineResult: how a Dataflow job is followed, whose workers' memory this
+    process cannot see. Values are the attempted ones (committed lag behind); a counter is
+    summed over the steps that report it; a failed query keeps the last counts."""
+    per_job = True  # the counts are this job's alone
+
+    def __init__(self, result):
+        self._result = result
+        self._last = ProgressCounts()
+
+    def snapshot(self) -> ProgressCounts:
+        from apache_beam.metrics.metric import MetricsFilter
+
+        from transforms.metrics import NAMESPACE
+        try:
+            counters = self._result.metrics().query(
+                MetricsFilter().with_namespace(NAMESPACE))["counters"]
+        except Exception as e:  # the service's API: a hiccup must not stop the job's wait
+            _LOG.debug("progress: metrics query failed: %s", e)
+            return self._last
+        values: dict[str, int] = {}
+        for c in counters:
+            value = c.attempted if c.attempted is not None else c.committed
+            values[c.key.metric.name] = values.get(c.key.metric.name, 0) + int(value or 0)
+        self._last = ProgressCounts(
+            bytes_read=values.get("input_bytes", 0), records_read=values.get("records_in", 0),
+            records_scored=values.get("predicted", 0),
+            records_failed=sum(values.get(k, 0) for k in ("read_errors", "parse_errors",
+                                                           "model_errors")))
+        return self._last
+
+
 class ProgressReporter:
     """Samples `counters` every `interval` seconds in a daemon thread and reports the job's
     progress since it started. Use as a context manager around the run; on exit it reports
@@ -51,53 +92,75 @@ class ProgressReporter:
     def __init__(self, total_bytes: int | None, stream: TextIO | None = None,
                  is_tty: bool | None = None, interval: float | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 counters: ProgressCounters = PROGRESS):
+                 counters: ProgressCounters | PublishedProgress | BeamMetricsProgress = PROGRESS,
+                 sample_seconds: float = SAMPLE_SECONDS):
         self._stream = sys.stderr if stream is None else stream
         self.is_tty = (bool(getattr(self._stream, "isatty", lambda: False)())
                        if is_tty is None else is_tty)
         self.interval = progress_interval(self.is_tty) if interval is None else interval
+        self.sample_seconds = sample_seconds
         self.total_bytes = total_bytes
         self._clock, self._counters = clock, counters
-        self._start = counters.snapshot()
+        # a process's counters hold earlier runs' counts too; a job's own start at 0
+        self._start = ProgressCounts() if counters.per_job else counters.snapshot()
         self._last = ProgressCounts()
         self._last_time = self._started = clock()
-        self.byte_rate: float | None = None  # weighted, bytes/s
-        self.record_rate: float | None = None  # weighted, records scored/s
-        self._averages = [0.0, 0.0]  # bytes/s, records scored/s
+        # weighted, records done/s (scored, or error rows: for a healthy job, scored)
+        self.record_rate: float | None = None
+        self._average = 0.0  # records done/s, weighted, not yet scaled by its weight
+        self._idle = True  # no record done yet
+        self._rates_from = self._started
         self._width = 0  # of the line on the terminal; 0: none shown
         self._stop = threading.Event()
         self._screen = threading.Lock()  # the progress thread and loggers share the terminal
         self._thread: threading.Thread | None = None
 
-    def sample(self) -> str:
+    def sample(self, final: bool = False) -> str:
         """Update the weighted rates with the counters now; the line to show."""
         now = self._clock()
         counts = self._counters.snapshot() - self._start
+        done = counts.records_scored + counts.records_failed
+        if self._idle and not done and not final:
+            # start-up (workers loading the model): the rates start with the first records
+            # scored, or they would stay low for a time constant after it
+            self._last, self._last_time = counts, now
+            return self.format(counts, now - self._started)
+        if self._idle:
+            self._idle, self._rates_from = False, self._last_time
         dt = now - self._last_time
         if dt > 0:
             # an average started at 0, divided by the weight it has gathered so far: over the
             # first seconds the rate is the plain mean since the start, not dragged to 0
             weight = 1.0 - math.exp(-dt / RATE_SECONDS)
-            gathered = 1.0 - math.exp(-(now - self._started) / RATE_SECONDS)
+            gathered = 1.0 - math.exp(-(now - self._rates_from) / RATE_SECONDS)
             step = counts - self._last
-            for i, delta in enumerate((step.bytes_read, step.records_scored)):
-                self._averages[i] += weight * (delta / dt - self._averages[i])
-            self.byte_rate, self.record_rate = (a / gathered for a in self._averages)
+            self._average += weight * ((step.records_scored + step.records_failed) / dt
+                                       - self._average)
+            self.record_rate = self._average / gathered
             self._last, self._last_time = counts, now
-        return self.format(counts, now - self._started)
+        return self.format(counts, now - self._started, final)
 
-    def format(self, counts: ProgressCounts, elapsed: float) -> str:
+    def records_left(self, counts: ProgressCounts) -> float | None:
+        """Records not done yet (scored or an error row): those read and not done, plus the
+        records of the bytes not read yet at the records per byte of those read (None while
+        unknown)."""
+        if not self.total_bytes or not counts.bytes_read:
+            return None
+        total = counts.records_read * max(self.total_bytes, counts.bytes_read) / counts.bytes_read
+        return max(total - counts.records_scored - counts.records_failed, 0.0)
+
+    def format(self, counts: ProgressCounts, elapsed: float, final: bool = False) -> str:
         from pipeline.run import human_figure  # pipeline.run imports this module
         parts = [f"{counts.records_scored:,} records scored"]
         if self.total_bytes:
             pct = min(100.0, 100.0 * counts.bytes_read / self.total_bytes)
             parts.append(f"{human_figure(pct)}% of input bytes read")
         parts.append(f"{human_figure(self.record_rate or 0.0)} records/s")
-        left = (self.total_bytes or 0) - counts.bytes_read
-        if self.total_bytes and left <= 0:
+        left = self.records_left(counts)
+        if final:
             parts.append(f"elapsed {_duration(elapsed)}")
-        elif self.total_bytes and self.byte_rate:
-            parts.append(f"ETA {_duration(left / self.byte_rate)}")
+        elif left is not None and self.record_rate:
+            parts.append(f"ETA {_duration(left / self.record_rate)}")
         elif self.total_bytes:
             parts.append("ETA -")
         return "progress: " + ", ".join(parts)
@@ -126,8 +189,15 @@ class ProgressReporter:
                 if getattr(h, "stream", None) is self._stream]
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.show(self.sample())
+        # sampled at least every SAMPLE_SECONDS (the rates see when scoring starts), shown
+        # every interval
+        step = min(self.interval, self.sample_seconds)
+        shown = self._clock()
+        while not self._stop.wait(step):
+            line = self.sample()
+            if self._clock() - shown >= self.interval - step / 2:
+                self.show(line)
+                shown = self._clock()
 
     def __enter__(self) -> "ProgressReporter":
         if self.is_tty:
@@ -143,6 +213,6 @@ class ProgressReporter:
         for handler in self._handlers():
             handler.removeFilter(self)
         if exc[0] is None:
-            self.show(self.sample(), final=True)
+            self.show(self.sample(final=True), final=True)
         elif self.is_tty and self._width:
             self._stream.write("\n")  # the error that follows starts on its own line

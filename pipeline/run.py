@@ -27,16 +27,19 @@ from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions
 from pipeline.build import JobPlan, build_pipeline, plan_job
 from pipeline.dataflow import builds_job_only, is_dataflow, prepare_dataflow_options
 from pipeline.options import BatchPredictOptions
-from pipeline.progress import ProgressReporter
+from pipeline.progress import (REMOTE_SECONDS, BeamMetricsProgress, ProgressReporter,
+                               progress_interval)
 from pipeline.provenance import run_provenance
 from transforms.errors import OptionsError, UserError
-from transforms.worker import loading_phase
+from transforms.progress import PROGRESS_DIR_ENV, PublishedProgress
+from transforms.worker import (QUIET_WORKERS_ENV, TENSORFLOW_START_UP_CHATTER,
+                               inherited_by_workers, loading_phase, start_tensorflow_quietly)
 
 __all__ = ["EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_ERROR_BUDGET", "LOCAL_RUNNERS",
            "make_pipeline", "read_summary", "run", "format_summary", "human_figure",
            "format_plan", "WORKER_LOGGER", "WorkerLogFilter", "configure_logging", "main",
            "execute", "Stopped", "StopRequest", "TENSORFLOW_START_UP_CHATTER",
-           "start_tensorflow_quietly", "live_progress"]
+           "start_tensorflow_quietly", "live_progress", "remote_progress"]
 
 _LOG = logging.getLogger("batch_predict")
 # the exit codes of every command of this package (pipeline, describe, demo, jobs)
@@ -96,21 +99,43 @@ def run(argv: list[str] | None = None, **inject
             build_pipeline(p, plan, **inject)
         with live_progress(options, plan):
             result = p.run()
-            result.wait_until_finish()
+            with remote_progress(options, plan, result):
+                result.wait_until_finish()
     finally:
         plan.release()  # whatever happened, the next run may use the output dir
     return result, plan
 
 
+@contextlib.contextmanager
 def live_progress(options: PipelineOptions, plan: JobPlan):
-    """A ProgressReporter for a run in this process; local worker subprocesses
-    (multi_processing) and remote runners count in counters this process never sees, so they
-    keep only the per-process log lines. BigQuery input counts no bytes read: no % there."""
-    if (options.view_as(StandardOptions).runner not in LOCAL_RUNNERS
-            or options.view_as(DirectOptions).direct_running_mode == "multi_processing"):
+    """Progress on stderr while a local run runs (yields its ProgressReporter; None for a
+    remote runner). In-process, the reporter reads this process's counters; local worker
+    subprocesses (multi_processing) publish theirs to a temp dir they inherit the name of.
+    BigQuery input counts no bytes read: no % there."""
+    if options.view_as(StandardOptions).runner not in LOCAL_RUNNERS:
+        yield None
+        return
+    total = None if plan.source is not None else sum(size for _, size in plan.files)
+    if options.view_as(DirectOptions).direct_running_mode != "multi_processing":
+        with ProgressReporter(total) as reporter:
+            yield reporter
+        return
+    with tempfile.TemporaryDirectory(prefix="batch-predict-progress-") as published, \
+            inherited_by_workers(PROGRESS_DIR_ENV, published), \
+            ProgressReporter(total, counters=PublishedProgress(published)) as reporter:
+        yield reporter
+
+
+def remote_progress(options: PipelineOptions, plan: JobPlan, result):
+    """Progress of a Dataflow job while this process waits for it, from the job's Beam metrics
+    (at most one query every REMOTE_SECONDS); nothing for local runs (`live_progress`) or a
+    job that is only built (template, --dry_run)."""
+    if options.view_as(StandardOptions).runner in LOCAL_RUNNERS or builds_job_only(options):
         return contextlib.nullcontext()
-    return ProgressReporter(None if plan.source is not None
-                            else sum(size for _, size in plan.files))
+    total = None if plan.source is not None else sum(size for _, size in plan.files)
+    every = max(REMOTE_SECONDS, progress_interval(sys.stderr.isatty()))
+    return ProgressReporter(total, counters=BeamMetricsProgress(result), interval=every,
+                            sample_seconds=every)
 
 
 def human_figure(value: float | None) -> str:
@@ -148,9 +173,18 @@ def format_summary(s: dict, output_dir: str) -> str:
     return "\n".join(lines)
 
 
-def format_plan(plan: JobPlan, options: PipelineOptions, most_files: int = 20) -> str:
+def sample_lines(plan: JobPlan, records: int) -> list[str]:
+    """--plan_sample: what a sample of the job's records costs here, and the run's estimate."""
+    from pipeline.estimate import format_sample, sample_cost
+    if plan.source is not None:
+        return ["sample:       none: --plan_sample reads input files, not a BigQuery source"]
+    return format_sample(sample_cost(plan, records))
+
+
+def format_plan(plan: JobPlan, options: PipelineOptions, most_files: int = 20,
+                sampled: list[str] | tuple = ()) -> str:
     """What --plan_only prints: what the job would read, with which model, and where it would
-    write, on which runner."""
+    write, on which runner; then the `sampled` lines (--plan_sample)."""
     info = plan.run_info
     total = sum(size for _, size in plan.files)
     runner = options.view_as(StandardOptions).runner
@@ -177,7 +211,8 @@ def format_plan(plan: JobPlan, options: PipelineOptions, most_files: int = 20) -
         f"runner:       {runner}",
         f"batch size:   {'auto' if plan.auto_batch else f'{plan.batch_size:,}'}; "
         f"max error rate {plan.max_error_rate}",
-        "plan only: nothing was scored and the output dir was not touched",
+        *sampled,
+        "plan only: nothing was written and the output dir was not touched",
     ]
     return "\n".join(lines)
 
@@ -224,43 +259,6 @@ def configure_logging() -> None:
         workers.addFilter(WorkerLogFilter())
 
 
-# What TensorFlow's C++ side prints on every start on a machine without a GPU. absl writes the
-# I0000 lines before it reads TF_CPP_MIN_LOG_LEVEL, and the cuInit line at ERROR level, which
-# only TF_CPP_MIN_LOG_LEVEL=3 would hide, together with every later C++ error worth reading;
-# absl's and glog's own level variables (ABSL_MIN_LOG_LEVEL, GLOG_minloglevel) do not reach
-# these lines. So the import and the device probe run with file descriptor 2 caught, and every
-# other line is written out again.
-TENSORFLOW_START_UP_CHATTER = (
-    "All log messages before absl::InitializeLog() is called",
-    "oneDNN custom operations are on",
-    "Could not find cuda drivers",
-    "failed call to cuInit",
-)
-
-
-def start_tensorflow_quietly() -> None:
-    """Import TensorFlow and probe its devices (where the cuInit line comes from) with fd 2 in
-    a temp file; then write what it caught to stderr, less TENSORFLOW_START_UP_CHATTER. The
-    probe leaves the runtime uninitialized: thread pool sizes can still be set after it."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
-            import tensorflow as tf
-            tf.config.list_physical_devices()
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught.seek(0)
-            text = caught.read().decode("utf-8", "replace")
-            sys.stderr.write("".join(
-                line for line in text.splitlines(keepends=True)
-                if not any(c in line for c in TENSORFLOW_START_UP_CHATTER)))
-            sys.stderr.flush()
-
-
 def main(argv: list[str] | None = None, quiet_tensorflow: bool = False) -> int:
     """One scoring job from a command line; returns its exit code. (`python -m pipeline` and
     `batch-predict` come through pipeline/__main__.py, which also dispatches subcommands, and
@@ -281,7 +279,9 @@ def execute(argv: list[str], quiet_tensorflow: bool = False) -> tuple[int, str |
                 # a mistyped option is refused before TensorFlow's import (seconds)
                 BatchPredictOptions.check_argv(argv)
                 start_tensorflow_quietly()
-            result, plan = run(argv)
+            with (inherited_by_workers(QUIET_WORKERS_ENV, "1") if quiet_tensorflow
+                  else contextlib.nullcontext()):
+                result, plan = run(argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE, None
@@ -302,7 +302,8 @@ def execute(argv: list[str], quiet_tensorflow: bool = False) -> tuple[int, str |
         return 128 + stop.signum, None
     options = PipelineOptions(argv)
     if result is None:
-        print(format_plan(plan, options))
+        sample = options.view_as(BatchPredictOptions).plan_sample
+        print(format_plan(plan, options, sampled=sample_lines(plan, sample) if sample else ()))
         return EXIT_OK, None
     if is_dataflow(options) and builds_job_only(options):
         print(f"Dataflow job built, not run (template file or dry run); outputs would go to "

@@ -118,7 +118,50 @@ def test_plan_only_prints_the_plan_and_leaves_the_output_dir_absent(tmp_path, de
     assert "feature spec: model (serving_default parse op), 13 features" in text
     assert f"outputs:      {out} (predictions as csv)" in text
     assert "runner:       DirectRunner" in text
-    assert "nothing was scored" in text
+    assert "plan only: nothing was written and the output dir was not touched" in text
+    assert "sample:" not in text  # only with --plan_sample
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tfrecord"])
+def test_plan_sample_scores_a_sample_and_estimates_the_run(tmp_path, demo_model_base,
+                                                           demo_data, capsys, fmt):
+    """The demo's 3 shards hold 500 records each: a sample from the first (read whole: it is
+    smaller than a read block) gives its records per byte, so the estimate is about 1,500."""
+    out = tmp_path / "out"
+    files = sorted(demo_data[fmt])
+    code = main(["--model", demo_model_base, "--input", ",".join(files), "--output", str(out),
+                 "--batch_size", "64", "--plan_only", "--plan_sample", "100"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert not out.exists()
+    sample = re.search(r"^sample: +(\d+) records of (\S+) \(([\d,]+) records in its first "
+                       r"([\d,]+) bytes\): read and parsed in [\d.,]+ ms; (\d+) model calls "
+                       r"of up to 64 records, median [\d.,]+ ms per call$", text, re.M)
+    assert sample, text
+    read, path, spanned, spanned_bytes, calls = sample.groups()
+    assert (int(read), path, int(calls)) == (128, files[0], 2)  # two batches of 64
+    assert (int(spanned.replace(",", "")), int(spanned_bytes.replace(",", ""))) == \
+        (500, os.path.getsize(files[0]))
+    records = int(re.search(r"^estimate: +~([\d,]+) records in all", text, re.M)[1]
+                  .replace(",", ""))
+    gzip = fmt == "tfrecord"  # shard 1 is gzip: far fewer bytes per record than the others
+    expected = 500 * sum(os.path.getsize(f) for f in files) / os.path.getsize(files[0])
+    assert records == round(expected) and (gzip or abs(records - 1500) < 1500 * 0.02)
+    assert text.index("estimate:") < text.index("plan only:")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--plan_sample", "100"], ("--plan_sample 100 goes with --plan_only",)),
+    (["--plan_only", "--plan_sample", "-5"], ("--plan_sample -5", "1 or more")),
+    (["--plan_only", "--plan_sample", "many"], ("--plan_sample", "many")),
+])
+def test_plan_sample_refusals(tmp_path, demo_model_base, demo_data, capsys, argv, words):
+    from tests.helpers import one_error_line
+    code = main(["--model", demo_model_base, "--input", demo_data["csv"][0], "--output",
+                 str(tmp_path / "out"), *argv])
+    assert code == 2
+    one_error_line(capsys.readouterr().err, *words)
+    assert not (tmp_path / "out").exists()
 
 
 def test_plan_only_still_refuses_what_a_run_would(tmp_path, demo_model_base, demo_data, capsys):

@@ -508,6 +508,7 @@ def test_each_block_of_a_split_file_read_alone_gives_the_serial_records(split_di
         stats = {}
         blocks[k] = _outcomes(block_reader.read_block(index, k, batch_size, COLUMNS, cap, stats),
                               SPEC, "id")
+        assert stats.pop("position", lambda: 0)() == stats["bytes"] == index.block_bytes(k)
         assert stats == {"gzip": False, "bytes": index.block_bytes(k)}
         last = index.first_index[k + 1] if k + 1 < index.blocks else len(want)
         assert all(index.first_index[k] <= i < last for i in blocks[k]), (k, sorted(blocks[k]))

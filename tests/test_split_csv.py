@@ -73,6 +73,7 @@ def read_blocks(idx, cap: int, order, batch_size: int = 3, reader: CsvInput = CS
     for k in order:
         stats: dict = {}
         out[k] = records(reader.read_block(idx, k, batch_size, None, cap, stats))
+        assert stats.pop("position", lambda: 0)() == stats["bytes"] == idx.block_bytes(k)
         assert stats == {"gzip": False, "bytes": idx.block_bytes(k)}
     return out
 

@@ -138,7 +138,7 @@ def _scan_local(output: str) -> Scan:
     return found
 
 
-def _scanis_remote(output: str) -> Scan:
+def _scan_remote(output: str) -> Scan:
     found = Scan([], [], [])
     root = output + "/"
     try:
@@ -161,7 +161,7 @@ def _scanis_remote(output: str) -> Scan:
 
 
 def scan(output: str) -> Scan:
-    return _scanis_remote(output) if is_remote(output) else _scan_local(output)
+    return _scan_remote(output) if is_remote(output) else _scan_local(output)
 
 
 def _inside(path: str, root: str) -> bool:

@@ -97,7 +97,7 @@ def claim_output(output: str, run_id: str) -> OutputClaim:
 
     Fails with one OutputError when the dir is not writable or another run holds it."""
     if is_remote(output):
-        return _claimis_remote(output, run_id)
+        return _claim_remote(output, run_id)
     import fcntl
     lock = os.path.join(output, LOCK)
     try:
@@ -130,7 +130,7 @@ def _gcs_blob(path: str):
     return storage.Client(project=None).bucket(bucket).blob(name)
 
 
-def _claimis_remote(output: str, run_id: str) -> OutputClaim:
+def _claim_remote(output: str, run_id: str) -> OutputClaim:
     lock = f"{output}/{LOCK}"
     if FileSystems.exists(lock):
         with FileSystems.open(lock, compression_type=CompressionTypes.UNCOMPRESSED) as fh:

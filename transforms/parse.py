@@ -56,6 +56,7 @@ import pyarrow.compute as pc
 from transforms.examples import FeatureColumn, encode_examples, typed_feature_column
 from transforms.feature_spec import Feature, FeatureSpec
 from transforms.metrics import JobCounters
+from transforms.progress import PROGRESS
 from transforms.records import ColumnBatch, RecordBatch, error_row, in_global_window
 
 __all__ = ["convert_column", "header_problem", "columns_to_examples", "ParseWithSpecDoFn"]
@@ -474,6 +475,7 @@ class ParseWithSpecDoFn(beam.DoFn):
                 return
             batch, errors = self._passthrough.attach(batch)
             self._metrics.parse_errors.inc(len(errors))
+            PROGRESS.add_scored(0, failed=len(errors))
             for row in errors:
                 yield beam.pvalue.TaggedOutput("errors", row)
             if batch is not None:
@@ -486,7 +488,9 @@ class ParseWithSpecDoFn(beam.DoFn):
         yield from previous
 
     def finish_bundle(self):
-        yield from in_global_window(self._flush())
+        outputs = list(self._flush())
+        PROGRESS.publish()  # a worker process's last counts reach the launcher (no-op else)
+        yield from in_global_window(outputs)
 
     def _flush(self):
         """The outputs of the pending column batch (none if there is none); it is no longer
@@ -497,6 +501,7 @@ class ParseWithSpecDoFn(beam.DoFn):
     def _outputs(self, future):
         records, errors = future.result()
         self._metrics.parse_errors.inc(len(errors))
+        PROGRESS.add_scored(0, failed=len(errors))
         for row in errors:
             yield beam.pvalue.TaggedOutput("errors", row)
         if records is not None:

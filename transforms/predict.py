@@ -256,6 +256,7 @@ class PredictDoFn(beam.DoFn):
         if self._buffered:
             outputs += list(self._submit(self._take(self._buffered)))
         outputs += list(self._drain())
+        PROGRESS.publish()  # a worker process's last counts reach the launcher (no-op else)
         yield from in_global_window(outputs)
 
     def _report_load(self):
@@ -330,6 +331,7 @@ class PredictDoFn(beam.DoFn):
         for positions, _, _, elapsed_ns in results:
             yield from self._latency_rows(chunk, positions, elapsed_ns)
         if not results:
+            PROGRESS.add_scored(0, failed=len(chunk.indices))
             return
         # only a call on the whole chunk measures the chunk size
         if len(results) == 1 and self._tuner is not None and not self._tuner.settled:
@@ -364,7 +366,7 @@ class PredictDoFn(beam.DoFn):
         n = len(positions)
         self._metrics.predicted.inc(n)
         self._scored_since_log += n
-        PROGRESS.add_scored(n)
+        PROGRESS.add_scored(n, failed=len(chunk.indices) - n)
         self._log_progress()
         passthrough = (None if chunk.passthrough is None else
                        {k: v[positions] for k, v in chunk.passthrough.items()})

@@ -107,6 +107,31 @@ def tally(items: Iterator, stats: dict) -> Iterator:
             yield item
 
 
+def _counted(items: Iterator, part: dict, span: int) -> Iterator:
+    """`items` (the tallied outputs of a block of `span` bytes), adding to the live progress
+    counters as they come: the block's records (and error rows) so far, and how far into its
+    bytes reading has come (its format's "position", read before each item is passed on; all
+    of `span` once the block is done, so a run's bytes add up to its input's size)."""
+    seen = [0, 0, 0]  # bytes, records, error rows
+    for item in items:
+        position = part.get("position")
+        if position is not None:
+            try:
+                now = min(max(position(), seen[0]), span)
+            except (ValueError, OSError):  # closed by a read-ahead thread that finished
+                now = seen[0]
+            seen = _add_read(seen, now, part)
+        yield item
+    _add_read(seen, span, part)
+    PROGRESS.publish()
+
+
+def _add_read(seen: list, position: int, part: dict) -> list:
+    now = [position, part["records"], part["read_errors"]]
+    PROGRESS.add_read(*(a - b for a, b in zip(now, seen)))
+    return now
+
+
 # --- splitting ----------------------------------------------------------------------------------
 DEFAULT_SPLIT_BYTES = 64 << 20  # a read range: textio's default bundle size
 MIN_SPLIT_BYTES = 4096  # --split_bytes below this (but 0) is refused
@@ -259,9 +284,8 @@ class _ReadDoFn(beam.DoFn):
         while claim(block):
             part = {"records": 0, "read_errors": 0, "unreadable_tail": False, "gzip": False,
                     "bytes": 0}
-            yield from tally(self._block_items(index, block, part), part)
-            # a block's bytes are known once it is read: live progress moves block by block
-            PROGRESS.add_read(part["bytes"], part["records"])
+            yield from _counted(tally(self._block_items(index, block, part), part), part,
+                                index.block_bytes(block))
             for k in ("records", "read_errors", "bytes"):
                 stats[k] += part[k]
             stats["unreadable_tail"] |= part["unreadable_tail"]

@@ -141,7 +141,10 @@ class InputFormat(abc.ABC):
         reads (the spec's features and the key): a column-oriented source may leave out the
         others. No record longer than `max_record_bytes` may be held in memory: it is an
         error row. Record what only the format knows in `stats`: "bytes", the bytes read as
-        stored, and "gzip" (`shard_stream` sets both)."""
+        stored, and "gzip" (`shard_stream` sets both); and, for live progress, "position": a
+        callable giving how far into the shard's bytes as stored reading has come
+        (`shard_stream` and `open_range(..., stats)` set it; without it live progress moves
+        once the whole shard is read)."""
 
     @abc.abstractmethod
     def key_dtype(self, path: str, key: str, max_record_bytes: int) -> str:
@@ -184,7 +187,8 @@ class InputFormat(abc.ABC):
                    stats: dict) -> Iterator[Batch | dict]:
         """`read_shard` for block `block` of a split file: its records, as the serial reader
         would yield them (same indices, lines, error rows and messages), in batches that
-        never mix blocks. Sets stats["bytes"] to the bytes read."""
+        never mix blocks. Sets stats["bytes"] to the bytes read (and "position" as
+        `read_shard` does)."""
         raise NotImplementedError
 
 
@@ -317,11 +321,14 @@ class _Range(io.RawIOBase):
         super().close()
 
 
-def open_range(path: str, start: int, stop: int):
+def open_range(path: str, start: int, stop: int, stats: dict | None = None):
     """A buffered binary stream of the bytes [start, stop) of a plain file, local or remote;
-    its `raw.read_bytes` is how many were read."""
+    its `raw.read_bytes` is how many were read (also stats["position"] when `stats` given)."""
     raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    return io.BufferedReader(_Range(raw, start, stop), buffer_size=READ_CHUNK)
+    stream = io.BufferedReader(_Range(raw, start, stop), buffer_size=READ_CHUNK)
+    if stats is not None:
+        stats["position"] = lambda: stream.raw.read_bytes
+    return stream
 
 
 @contextlib.contextmanager
@@ -331,6 +338,7 @@ def shard_stream(path: str, stats: dict):
     stream, gz = open_shard(path)
     stats["gzip"] = gz
     raw = stream.fileobj if gz else stream  # the file itself, under the gunzipping
+    stats["position"] = raw.tell
     try:
         yield stream
         stats["bytes"] = raw.tell()
@@ -346,11 +354,17 @@ class ReadAhead:
     (Not for TFRecord: its framing loop is Python per record and would only contend for the
     GIL.) Items and the iterator's exception (re-raised in the consumer) keep their order.
     `close()` stops the thread and waits for it: call it before closing the stream the
-    iterator reads."""
+    iterator reads. With `stats` holding a "position" (see `InputFormat.read_shard`), the
+    position is taken as each item is made and shown once the consumer has it: live progress
+    does not count what is read ahead and not yet handed on."""
 
-    def __init__(self, items: Iterator, depth: int = 2):
+    def __init__(self, items: Iterator, depth: int = 2, stats: dict | None = None):
         self._queue: queue.Queue = queue.Queue(depth)
         self._stop = threading.Event()
+        self._made = self._handed = None
+        if stats is not None and stats.get("position") is not None:
+            self._made, self._handed = stats["position"], 0
+            stats["position"] = lambda: self._handed
         self._thread = threading.Thread(target=self._run, args=(items,), daemon=True,
                                         name="read-ahead")
         self._thread.start()
@@ -367,16 +381,25 @@ class ReadAhead:
     def _run(self, items: Iterator):
         try:
             for item in items:
-                if not self._put((True, item)):
+                if not self._put((True, item, self._position())):
                     return
         except BaseException as e:  # noqa: BLE001 -- handed to the consumer as it is
-            self._put((False, e))
+            self._put((False, e, None))
             return
-        self._put((False, None))
+        self._put((False, None, self._position()))
+
+    def _position(self) -> int | None:
+        """The stream's position now (None: not asked for, or it cannot tell)."""
+        try:
+            return None if self._made is None else self._made()
+        except (ValueError, OSError):  # a stream closed under it
+            return None
 
     def __iter__(self):
         while True:
-            ok, value = self._queue.get()
+            ok, value, position = self._queue.get()
+            if position is not None:  # of an item, or of the end (all of it handed on)
+                self._handed = position
             if ok:
                 yield value
             elif value is None:

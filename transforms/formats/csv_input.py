@@ -452,21 +452,22 @@ class CsvInput(InputFormat):
     def read_shard(self, path: str, batch_size: int, columns: list[str] | None,
                    max_record_bytes: int, stats: dict) -> Iterator:
         with shard_stream(path, stats) as stream:
-            yield from self.read_stream(path, stream, batch_size, columns, max_record_bytes)
+            yield from self.read_stream(path, stream, batch_size, columns, max_record_bytes,
+                                        stats=stats)
 
     def read_stream(self, path: str, stream, batch_size: int, columns: list[str] | None = None,
                     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
                     header: list[str] | None = None, first_index: int = 0,
-                    first_line: int = 1) -> Iterator:
+                    first_line: int = 1, stats: dict | None = None) -> Iterator:
         """`read_shard` on an open stream of the shard's content. Reading runs a block ahead
         in a helper thread (`ReadAhead`): decompression and pyarrow's parser release the GIL.
         With `header`, the stream continues a file from a record that starts outside quotes
-        (see `iter_csv_blocks`)."""
+        (see `iter_csv_blocks`). `stats`: the shard's, for its live "position"."""
         rows, indices, lines = [], [], []
         size = batch_size
         items = ReadAhead(_grouped(iter_csv_blocks(stream, columns, self.block_bytes,
                                                    max_record_bytes, header, first_index,
-                                                   first_line)))
+                                                   first_line)), stats=stats)
         try:
             for item in itertools.chain.from_iterable(items):
                 kind = item[0]
@@ -527,15 +528,16 @@ class CsvInput(InputFormat):
         start, stop = index.starts[block], index.end(block)
         if stop <= start:
             return
-        stream = open_range(index.path, start, stop)
+        stream = open_range(index.path, start, stop, stats)
         try:
             if index.is_file_start(block):
                 yield from self.read_stream(index.path, stream, batch_size, columns,
-                                            max_record_bytes)
+                                            max_record_bytes, stats=stats)
             else:
                 yield from self.read_stream(index.path, stream, batch_size, columns,
                                             max_record_bytes, list(index.header),
-                                            index.first_index[block], index.first_line[block])
+                                            index.first_index[block], index.first_line[block],
+                                            stats)
             stats["bytes"] = stream.raw.read_bytes
         finally:
             stream.close()

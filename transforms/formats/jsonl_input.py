@@ -236,7 +236,8 @@ def _element(x, name: str) -> tuple[int, bool, object]:
     """(mask as a scalar, whether it is a float, the value to convert) of one value."""
     t = type(x)
     if t is float:
-        if x.is_integer() and -2.0 ** 63 <= x < 2.0 ** 63:
+        # -0.0 is integral, but as an int64 it would lose its sign: a float only
+        if x.is_integer() and -2.0 ** 63 <= x < 2.0 ** 63 and (x or math.copysign(1.0, x) > 0):
             return _S_INT | _S_FLOAT, True, x
         return _S_FLOAT, True, x
     if t is int:
@@ -562,21 +563,22 @@ class JsonlInput(InputFormat):
                    max_record_bytes: int, stats: dict) -> Iterator:
         with shard_stream(path, stats) as stream:
             yield from self.read_stream(path, stream, batch_size, columns, max_record_bytes,
-                                        read_ahead=stats.get("gzip", False))
+                                        read_ahead=stats.get("gzip", False), stats=stats)
 
     def read_stream(self, path: str, stream, batch_size: int, columns: list[str] | None = None,
                     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, first_index: int = 0,
                     first_line: int = 1, file_start: bool = True,
-                    read_ahead: bool = False) -> Iterator:
+                    read_ahead: bool = False, stats: dict | None = None) -> Iterator:
         """`read_shard` on an open stream, from record `first_index` on line `first_line`
         (a block of a split file: `file_start` False, no byte order mark is dropped).
-        `read_ahead`: lines are read (gunzipped) a block ahead in a helper thread."""
+        `read_ahead`: lines are read (gunzipped) a block ahead in a helper thread; `stats`:
+        the shard's, for its live "position"."""
         cap = max_record_bytes
         recs, indices, lines, raws = [], [], [], []
         index, line = first_index, first_line
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
         items = _iter_lines(stream, cap, self.block_bytes, file_start)
-        ahead = ReadAhead(items) if read_ahead else None
+        ahead = ReadAhead(items, stats=stats) if read_ahead else None
         try:
             for item in (ahead if ahead is not None else items):
                 if item[0] == "long":
@@ -654,7 +656,7 @@ class JsonlInput(InputFormat):
         start, stop = index.starts[block], index.end(block)
         if stop <= start:
             return
-        stream = open_range(index.path, start, stop)
+        stream = open_range(index.path, start, stop, stats)
         try:
             yield from self.read_stream(index.path, stream, batch_size, columns,
                                         max_record_bytes, index.first_index[block],

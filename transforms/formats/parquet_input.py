@@ -237,6 +237,20 @@ def _iter_groups(path: str, pf: pq.ParquetFile, groups: range, first_index: int,
         index += rows
 
 
+def _by_rows(items: Iterator, stats: dict, span: int, metadata: pq.FileMetaData,
+             groups: range) -> Iterator:
+    """`items` (the batches and error rows of row groups `groups`), with stats["position"]
+    the share of the `span` bytes they come from that their records so far make: pyarrow
+    reads a footer and then column chunks, not the file's bytes in order, so live progress
+    goes by records."""
+    rows = max(sum(metadata.row_group(g).num_rows for g in groups), 1)
+    done = [0]
+    stats["position"] = lambda: span * min(done[0], rows) // rows
+    for item in items:
+        done[0] += 1 if isinstance(item, dict) else len(item)
+        yield item
+
+
 # --- the start-up check -------------------------------------------------------------------------
 def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
@@ -369,8 +383,9 @@ class ParquetInput(InputFormat):
                             "was read", _head(path))
             return
         try:
-            yield from _iter_groups(path, pf, range(pf.metadata.num_row_groups), 0, batch_size,
-                                    columns)
+            groups = range(pf.metadata.num_row_groups)
+            yield from _by_rows(_iter_groups(path, pf, groups, 0, batch_size, columns), stats,
+                                source.seek(0, 2), pf.metadata, groups)
         finally:
             stats["bytes"] = source.read_bytes
             source.close()
@@ -480,8 +495,9 @@ class ParquetInput(InputFormat):
                                 f"{index.size} when indexed, row groups from byte {start} on "
                                 "not where they were); no record of this block was read", None)
                 return
-            yield from _iter_groups(path, pf, range(lo, hi), index.first_index[block],
-                                    batch_size, columns)
+            yield from _by_rows(_iter_groups(path, pf, range(lo, hi), index.first_index[block],
+                                             batch_size, columns),
+                                stats, stop - start, pf.metadata, range(lo, hi))
         finally:
             stats["bytes"] = source.read_bytes
             source.close()

@@ -526,7 +526,7 @@ class TFRecordInput(InputFormat):
         start, stop = index.starts[block], index.end(block)
         if start >= stop:
             return
-        stream = open_range(index.path, start, stop)
+        stream = open_range(index.path, start, stop, stats)
         try:
             for item in iter_tfrecord_batches(stream, batch_size,
                                               max_record_bytes=max_record_bytes,
