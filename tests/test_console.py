@@ -40,6 +40,19 @@ def test_no_tensorflow_start_up_lines_by_default(quiet_run):
     assert "INFO pipeline.build: plan:" in done.stderr  # the job's own lines stay
 
 
+def test_local_worker_processes_start_quietly_too(tmp_path, demo_model_base, demo_data):
+    """Each multi_processing worker imports TensorFlow itself: none of them prints its
+    start-up lines (or an ERROR) on a healthy run, and their job lines still come through."""
+    done = _run_fresh("--model", demo_model_base, "--input", ",".join(demo_data["tfrecord"]),
+                      "--output", str(tmp_path / "out"), "--direct_running_mode",
+                      "multi_processing", "--direct_num_workers", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    for line in done.stderr.splitlines():
+        assert not any(word in line for word in ("ERROR", "E0000", "cuInit")), line
+        assert not any(c in line for c in CHATTER), line
+    assert "worker: loaded model" in done.stderr  # the workers' own lines are shown
+
+
 def test_verbose_shows_them(tmp_path, demo_model_base, demo_data):
     done = _run_fresh("--model", demo_model_base, "--input", demo_data["tfrecord"][0],
                       "--output", str(tmp_path / "out"), "--key_field", "id", "--verbose")
