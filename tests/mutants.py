@@ -259,6 +259,26 @@ MUTANTS = [
            "    if False:",
            ("tests/test_jsonl_input.py::test_a_key_of_another_type_than_the_first_is_an_error_"
             "row_in_a_typed_output",)),
+    Mutant("progress counts the bytes a block read, not the bytes it spans",
+           "transforms/read.py",
+           "    _add_read(seen, span, part)\n",
+           "    _add_read(seen, part[\"bytes\"], part)\n",
+           ("tests/test_progress.py::test_bytes_read_add_up_to_the_input_size",)),
+    Mutant("the read-ahead thread's position shown before its items are handed on",
+           "transforms/formats/base.py",
+           "            stats[\"position\"] = lambda: self._handed",
+           "            pass",
+           ("tests/test_progress.py::test_what_is_read_ahead_is_not_counted_until_handed_on",)),
+    Mutant("the launcher reads its own counters while worker processes count",
+           "pipeline/run.py",
+           "ProgressReporter(total, counters=PublishedProgress(published)) as reporter:",
+           "ProgressReporter(total) as reporter:",
+           ("tests/test_progress.py::test_worker_processes_publish_their_counts",)),
+    Mutant("the ETA counts bytes read ahead of the model as done",
+           "pipeline/progress.py",
+           "        return max(total - counts.records_scored - counts.records_failed, 0.0)",
+           "        return max(total - counts.records_read, 0.0)",
+           ("tests/test_progress.py::test_percent_rate_and_eta_from_counters",)),
 ]
 
 

@@ -164,7 +164,8 @@ def test_worker_processes_publish_their_counts(demo_model_base, demo_data, tmp_p
 # --- how far into its input a run has read: counted as the formats read ---------------------
 @pytest.fixture(scope="module")
 def progress_inputs(tmp_path_factory):
-    """3,000 demo rows as every input format (one file each), TFRecord also gzip."""
+    """3,000 demo rows as every input format (one file each), TFRecord and JSONL also gzip."""
+    import gzip
     import json
 
     import pyarrow.csv as pacsv
@@ -177,7 +178,10 @@ def progress_inputs(tmp_path_factory):
     pq.write_table(table, str(root / "a.parquet"), row_group_size=100)
     with open(root / "a.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in table.to_pylist())
+    with open(root / "a.jsonl", "rb") as f, gzip.open(root / "a.jsonl.gz", "wb") as z:
+        z.write(f.read())
     return {"tfrecord": files["tfrecord"][0], "tfrecord_gzip": files["tfrecord"][1],
+            "jsonl_gzip": str(root / "a.jsonl.gz"),
             "csv": files["csv"][0], "parquet": str(root / "a.parquet"),
             "jsonl": str(root / "a.jsonl"), "rows": table.num_rows}
 
@@ -232,6 +236,30 @@ def test_bytes_read_move_within_a_file(progress_inputs, fmt):
     seen = _read_counting(ReadFilesDoFn(input_format, 50), SplitIndex(path, size))
     inside = {b for b, _ in seen if 0 < b < size}
     assert len(inside) >= 5, seen
+
+
+def test_what_is_read_ahead_is_not_counted_until_handed_on(progress_inputs):
+    """A gzip JSONL file is read (gunzipped) ahead of its consumer in a helper thread: the
+    position shown is the one its last item handed on was made at, not the stream's own,
+    which moves on while the consumer holds the item."""
+    import dataclasses
+    import os
+    import time
+
+    from transforms import formats
+    path = progress_inputs["jsonl_gzip"]
+    jsonl = dataclasses.replace(formats.input_format("jsonl"), block_bytes=65536)
+    stats = {}
+    items = jsonl.read_shard(path, 100, None, 1 << 20, stats)
+    next(items)
+    shown = stats["position"]()
+    time.sleep(0.5)  # the helper thread reads its next blocks meanwhile (~25 KB gzipped)
+    assert stats["position"]() == shown
+    assert 0 < shown < os.path.getsize(path)
+    for _ in range(10):  # 1,000 lines: past the first block's
+        next(items)
+    assert stats["position"]() > shown
+    items.close()
 
 
 # --- a Dataflow job: progress from the job's Beam metrics -----------------------------------
