@@ -185,7 +185,9 @@ def test_flex_entry_point_runs_the_pipeline_locally(demo_model_base, dated_input
     out = tmp_path / "flex_out"
     out.mkdir()
     (out / "predictions-00000-of-00001.jsonl").write_text('{"stale": true}\n')
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    # as on the launcher VM: no TF_CPP_MIN_LOG_LEVEL of the user's
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = REPO
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "jobs", "flex_template", "main.py"),
          f"--model={demo_model_base}",
@@ -196,6 +198,9 @@ def test_flex_entry_point_runs_the_pipeline_locally(demo_model_base, dated_input
     assert os.path.exists(out / "_SUCCESS")
     rows = predictions(str(out))
     assert len(rows) == 500 and "stale" not in rows[0]
+    from pipeline.run import TENSORFLOW_START_UP_CHATTER
+    assert not [line for line in proc.stderr.splitlines()
+                if "E0000" in line or any(c in line for c in TENSORFLOW_START_UP_CHATTER)]
 
 
 # -- launching through the Dataflow API ------------------------------------------------------

@@ -29,5 +29,5 @@ def normalize_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    from pipeline.run import main
+    from pipeline.__main__ import main  # as `python -m pipeline`: quiet TensorFlow start too
     sys.exit(main(normalize_flags(sys.argv[1:])))
