@@ -9,7 +9,10 @@ read them: each batch handed on adds the bytes its file was read up to (a format
 tell adds a file's bytes once it is read). The ETA is the records left over an exponentially
 weighted rate of records scored (time constant RATE_SECONDS, from the first record scored, so
 start-up does not drag it down); records left are those read and not done yet (scored or
-an error row) plus the bytes not read yet at the records per byte read so far. Counting records, not bytes, keeps
+an error row) plus the bytes not read yet at the records per byte read so far, for gzip and
+plain files apart (a gzip byte holds several times the records of a plain one: until a file
+of each kind was read, the kinds are related by the compression ratio of a sample of the
+first gzip file, `gzip_share`). Counting records, not bytes, keeps
 the reading running ahead of the model (read-ahead, bundles in flight) out of the ETA.
 
 BATCH_PREDICT_PROGRESS_SECONDS sets the update interval (tests use a small one).
@@ -26,7 +29,7 @@ from typing import Callable, TextIO
 
 from transforms.progress import PROGRESS, ProgressCounters, ProgressCounts, PublishedProgress
 
-__all__ = ["ProgressReporter", "BeamMetricsProgress", "RATE_SECONDS", "LOG_SECONDS",
+__all__ = ["ProgressReporter", "BeamMetricsProgress", "gzip_share", "RATE_SECONDS", "LOG_SECONDS",
            "TTY_SECONDS", "SAMPLE_SECONDS", "REMOTE_SECONDS", "INTERVAL_ENV",
            "progress_interval"]
 
@@ -49,6 +52,29 @@ def _duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def gzip_share(files: list[tuple[str, int]], probe: int = 1 << 20) -> tuple[int, float | None]:
+    """The stored bytes of the gzip files among (path, size) `files`, told by name (.gz,
+    .gzip: no file is opened for this), and how many bytes the first of them holds per stored
+    byte, from gunzipping its first `probe` bytes (None without gzip files, or when it cannot
+    be read)."""
+    gzipped = [(path, size) for path, size in files
+               if path.lower().endswith((".gz", ".gzip"))]
+    if not gzipped:
+        return 0, None
+    import gzip
+
+    from apache_beam.io.filesystems import CompressionTypes, FileSystems
+    try:
+        with FileSystems.open(gzipped[0][0], compression_type=CompressionTypes.UNCOMPRESSED) \
+                as raw, gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+            data = unzipped.read(probe)
+            ratio = len(data) / raw.tell() if raw.tell() else None
+    except (OSError, EOFError, ValueError) as e:
+        _LOG.debug("progress: cannot sample %s: %s", gzipped[0][0], e)
+        ratio = None
+    return sum(size for _, size in gzipped), ratio
 
 
 class BeamMetricsProgress:
@@ -93,13 +119,16 @@ class ProgressReporter:
                  is_tty: bool | None = None, interval: float | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  counters: ProgressCounters | PublishedProgress | BeamMetricsProgress = PROGRESS,
-                 sample_seconds: float = SAMPLE_SECONDS):
+                 sample_seconds: float = SAMPLE_SECONDS, gzip_bytes: int = 0,
+                 gzip_ratio: float | None = None):
         self._stream = sys.stderr if stream is None else stream
         self.is_tty = (bool(getattr(self._stream, "isatty", lambda: False)())
                        if is_tty is None else is_tty)
         self.interval = progress_interval(self.is_tty) if interval is None else interval
         self.sample_seconds = sample_seconds
         self.total_bytes = total_bytes
+        # of total_bytes, those of gzip files; their uncompressed bytes per stored byte
+        self.gzip_bytes, self.gzip_ratio = gzip_bytes, gzip_ratio
         self._clock, self._counters = clock, counters
         # a process's counters hold earlier runs' counts too; a job's own start at 0
         self._start = ProgressCounts() if counters.per_job else counters.snapshot()
@@ -142,12 +171,30 @@ class ProgressReporter:
 
     def records_left(self, counts: ProgressCounts) -> float | None:
         """Records not done yet (scored or an error row): those read and not done, plus the
-        records of the bytes not read yet at the records per byte of those read (None while
-        unknown)."""
+        records of the bytes not read yet at the records per byte of those read, gzip and
+        plain files apart (a gzip byte holds `gzip_ratio` times the records of a plain one,
+        until both kinds were read); None while unknown."""
         if not self.total_bytes or not counts.bytes_read:
             return None
-        total = counts.records_read * max(self.total_bytes, counts.bytes_read) / counts.bytes_read
-        return max(total - counts.records_scored - counts.records_failed, 0.0)
+        gz_total = min(self.gzip_bytes, self.total_bytes)
+        done = counts.records_scored + counts.records_failed
+        if not gz_total or counts.gzip_bytes_read > gz_total:
+            # one kind, or gzip files the names did not tell: one rate for all bytes
+            unread = counts.records_read / counts.bytes_read * max(
+                self.total_bytes - counts.bytes_read, 0)
+            return max(counts.records_read + unread - done, 0.0)
+        plain = (counts.records_read - counts.gzip_records_read,
+                 counts.bytes_read - counts.gzip_bytes_read, self.total_bytes - gz_total)
+        gz = (counts.gzip_records_read, counts.gzip_bytes_read, gz_total)
+        rates = [records / read if read > 0 else None for records, read, _ in (plain, gz)]
+        ratio = self.gzip_ratio or 1.0
+        if rates[0] is None:
+            rates[0] = rates[1] / ratio
+        if rates[1] is None:
+            rates[1] = rates[0] * ratio
+        unread = sum(rate * max(total - read, 0)
+                     for rate, (_, read, total) in zip(rates, (plain, gz)))
+        return max(counts.records_read + unread - done, 0.0)
 
     def format(self, counts: ProgressCounts, elapsed: float, final: bool = False) -> str:
         from pipeline.run import human_figure  # pipeline.run imports this module

@@ -28,7 +28,7 @@ from pipeline.build import JobPlan, build_pipeline, plan_job
 from pipeline.dataflow import builds_job_only, is_dataflow, prepare_dataflow_options
 from pipeline.options import BatchPredictOptions
 from pipeline.progress import (REMOTE_SECONDS, BeamMetricsProgress, ProgressReporter,
-                               progress_interval)
+                               gzip_share, progress_interval)
 from pipeline.provenance import run_provenance
 from transforms.errors import OptionsError, UserError
 from transforms.progress import PROGRESS_DIR_ENV, PublishedProgress
@@ -116,13 +116,15 @@ def live_progress(options: PipelineOptions, plan: JobPlan):
         yield None
         return
     total = None if plan.source is not None else sum(size for _, size in plan.files)
+    gzip_bytes, gzip_ratio = gzip_share(plan.files)
     if options.view_as(DirectOptions).direct_running_mode != "multi_processing":
-        with ProgressReporter(total) as reporter:
+        with ProgressReporter(total, gzip_bytes=gzip_bytes, gzip_ratio=gzip_ratio) as reporter:
             yield reporter
         return
     with tempfile.TemporaryDirectory(prefix="batch-predict-progress-") as published, \
             inherited_by_workers(PROGRESS_DIR_ENV, published), \
-            ProgressReporter(total, counters=PublishedProgress(published)) as reporter:
+            ProgressReporter(total, counters=PublishedProgress(published), gzip_bytes=gzip_bytes,
+                             gzip_ratio=gzip_ratio) as reporter:
         yield reporter
 
 

@@ -276,9 +276,15 @@ MUTANTS = [
            ("tests/test_progress.py::test_worker_processes_publish_their_counts",)),
     Mutant("the ETA counts bytes read ahead of the model as done",
            "pipeline/progress.py",
-           "        return max(total - counts.records_scored - counts.records_failed, 0.0)",
-           "        return max(total - counts.records_read, 0.0)",
-           ("tests/test_progress.py::test_percent_rate_and_eta_from_counters",)),
+           "        done = counts.records_scored + counts.records_failed\n        if not gz_total",
+           "        done = counts.records_read\n        if not gz_total",
+           ("tests/test_progress.py::test_percent_rate_and_eta_from_counters",
+            "tests/test_progress.py::test_records_left_of_gzip_and_plain_files_apart")),
+    Mutant("gzip bytes taken as dense as plain ones before a gzip file is read",
+           "pipeline/progress.py",
+           "        ratio = self.gzip_ratio or 1.0\n",
+           "        ratio = 1.0\n",
+           ("tests/test_progress.py::test_records_left_of_gzip_and_plain_files_apart",)),
 ]
 
 

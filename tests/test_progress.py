@@ -63,6 +63,43 @@ def test_percent_rate_and_eta_from_counters():
                                       "read, 1,920 records/s, elapsed 28s")
 
 
+def test_records_left_of_gzip_and_plain_files_apart():
+    """An input of 100 MB of plain files and 25 MB of gzip ones holding 4 times the records
+    per byte (4,000 and 16,000 records per MB: 800,000 records in all)."""
+    mb = 1_000_000
+    rep = ProgressReporter(125 * mb, stream=io.StringIO(), is_tty=False, interval=60,
+                           clock=FakeClock(), counters=ProgressCounters(),
+                           gzip_bytes=25 * mb, gzip_ratio=4.0)
+    read = ProgressCounters()
+    read.add_read(10 * mb, 40_000)  # plain only so far: gzip taken as 4x as dense
+    read.add_scored(30_000)
+    assert rep.records_left(read.snapshot()) == pytest.approx(800_000 - 30_000)
+    read.add_read(5 * mb, 80_000, gzip=True)  # both kinds seen: each its own
+    read.add_scored(80_000)
+    assert rep.records_left(read.snapshot()) == pytest.approx(800_000 - 110_000)
+    # without telling gzip bytes apart (all one kind: 120,000 records in 15 MB, so
+    # 1,000,000 in 125 MB) the estimate is 25% too high
+    blind = ProgressReporter(125 * mb, stream=io.StringIO(), is_tty=False, interval=60,
+                             clock=FakeClock(), counters=ProgressCounters())
+    assert blind.records_left(read.snapshot()) == pytest.approx(1_000_000 - 110_000)
+
+
+def test_gzip_share_by_name_and_a_sample(tmp_path):
+    import gzip
+
+    from pipeline.progress import gzip_share
+    text = b"".join(b"%d,%d,some text that compresses\n" % (i, i * i) for i in range(50_000))
+    (tmp_path / "a.csv").write_bytes(text)
+    (tmp_path / "b.csv.gz").write_bytes(gzip.compress(text))
+    files = [(str(p), p.stat().st_size) for p in sorted(tmp_path.iterdir())]
+    gz_bytes, ratio = gzip_share(files, probe=len(text))
+    assert gz_bytes == (tmp_path / "b.csv.gz").stat().st_size
+    assert ratio == pytest.approx(len(text) / gz_bytes, rel=0.01)
+    assert gzip_share(files[:1]) == (0, None)
+    (tmp_path / "b.csv.gz").write_bytes(b"not gzip at all")  # named .gz, is not: no ratio
+    assert gzip_share(files)[1] is None
+
+
 def test_no_rate_yet_and_unknown_size():
     rep, clock, counters = _reporter(total=1000)
     assert rep.sample() == "progress: 0 records scored, 0% of input bytes read, 0 records/s, ETA -"

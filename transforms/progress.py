@@ -31,6 +31,8 @@ class ProgressCounts:
     records_read: int = 0
     records_scored: int = 0
     records_failed: int = 0
+    gzip_bytes_read: int = 0  # of bytes_read and records_read, those of gzip files
+    gzip_records_read: int = 0
 
     def __add__(self, other: "ProgressCounts") -> "ProgressCounts":
         return ProgressCounts(*(a + b for a, b in zip(dataclasses.astuple(self),
@@ -52,9 +54,12 @@ class ProgressCounters:
         self._dir = publish_dir
         self._published = 0.0  # monotonic time of the last write
 
-    def add_read(self, bytes_read: int = 0, records: int = 0, failed: int = 0) -> None:
-        """Bytes and records read; `failed` of those records are error rows already."""
-        self._add(ProgressCounts(bytes_read, records, 0, failed))
+    def add_read(self, bytes_read: int = 0, records: int = 0, failed: int = 0,
+                 gzip: bool = False) -> None:
+        """Bytes and records read; `failed` of those records are error rows already; `gzip`:
+        they are of a gzip file."""
+        self._add(ProgressCounts(bytes_read, records, 0, failed,
+                                 bytes_read if gzip else 0, records if gzip else 0))
 
     def add_scored(self, records: int, failed: int = 0) -> None:
         """Records scored, and records that became error rows in a later step."""

@@ -128,7 +128,7 @@ def _counted(items: Iterator, part: dict, span: int) -> Iterator:
 
 def _add_read(seen: list, position: int, part: dict) -> list:
     now = [position, part["records"], part["read_errors"]]
-    PROGRESS.add_read(*(a - b for a, b in zip(now, seen)))
+    PROGRESS.add_read(*(a - b for a, b in zip(now, seen)), gzip=part["gzip"])
     return now
 
 
