@@ -113,14 +113,15 @@ class BeamMetricsProgress:
 class ProgressReporter:
     """Samples `counters` every `interval` seconds in a daemon thread and reports the job's
     progress since it started. Use as a context manager around the run; on exit it reports
-    a final line. `total_bytes` None: the input's size is unknown (no % and no ETA)."""
+    a final line. `total_bytes` None: the input's size is unknown (no % and no ETA, unless
+    `total_records` says how many records there are: a BigQuery table's)."""
 
     def __init__(self, total_bytes: int | None, stream: TextIO | None = None,
                  is_tty: bool | None = None, interval: float | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  counters: ProgressCounters | PublishedProgress | BeamMetricsProgress = PROGRESS,
                  sample_seconds: float = SAMPLE_SECONDS, gzip_bytes: int = 0,
-                 gzip_ratio: float | None = None):
+                 gzip_ratio: float | None = None, total_records: int | None = None):
         self._stream = sys.stderr if stream is None else stream
         self.is_tty = (bool(getattr(self._stream, "isatty", lambda: False)())
                        if is_tty is None else is_tty)
@@ -129,6 +130,7 @@ class ProgressReporter:
         self.total_bytes = total_bytes
         # of total_bytes, those of gzip files; their uncompressed bytes per stored byte
         self.gzip_bytes, self.gzip_ratio = gzip_bytes, gzip_ratio
+        self.total_records = total_records  # known up front (a BigQuery table), no bytes
         self._clock, self._counters = clock, counters
         # a process's counters hold earlier runs' counts too; a job's own start at 0
         self._start = ProgressCounts() if counters.per_job else counters.snapshot()
@@ -174,10 +176,12 @@ class ProgressReporter:
         records of the bytes not read yet at the records per byte of those read, gzip and
         plain files apart (a gzip byte holds `gzip_ratio` times the records of a plain one,
         until both kinds were read); None while unknown."""
+        done = counts.records_scored + counts.records_failed
+        if self.total_records is not None:
+            return max(self.total_records - done, 0.0)
         if not self.total_bytes or not counts.bytes_read:
             return None
         gz_total = min(self.gzip_bytes, self.total_bytes)
-        done = counts.records_scored + counts.records_failed
         if not gz_total or counts.gzip_bytes_read > gz_total:
             # one kind, or gzip files the names did not tell: one rate for all bytes
             unread = counts.records_read / counts.bytes_read * max(
@@ -199,7 +203,11 @@ class ProgressReporter:
     def format(self, counts: ProgressCounts, elapsed: float, final: bool = False) -> str:
         from pipeline.run import human_figure  # pipeline.run imports this module
         parts = [f"{counts.records_scored:,} records scored"]
-        if self.total_bytes:
+        if self.total_records:
+            done = counts.records_scored + counts.records_failed
+            pct = min(100.0, 100.0 * done / self.total_records)
+            parts.append(f"{human_figure(pct)}% of {self.total_records:,} records done")
+        elif self.total_bytes:
             pct = min(100.0, 100.0 * counts.bytes_read / self.total_bytes)
             parts.append(f"{human_figure(pct)}% of input bytes read")
         parts.append(f"{human_figure(self.record_rate or 0.0)} records/s")
@@ -208,7 +216,7 @@ class ProgressReporter:
             parts.append(f"elapsed {_duration(elapsed)}")
         elif left is not None and self.record_rate:
             parts.append(f"ETA {_duration(left / self.record_rate)}")
-        elif self.total_bytes:
+        elif self.total_bytes or self.total_records:
             parts.append("ETA -")
         return "progress: " + ", ".join(parts)
 

@@ -111,33 +111,43 @@ def live_progress(options: PipelineOptions, plan: JobPlan):
     """Progress on stderr while a local run runs (yields its ProgressReporter; None for a
     remote runner). In-process, the reporter reads this process's counters; local worker
     subprocesses (multi_processing) publish theirs to a temp dir they inherit the name of.
-    BigQuery input counts no bytes read: no % there."""
+    BigQuery input counts no bytes read: a table's % is of its rows, a query has none."""
     if options.view_as(StandardOptions).runner not in LOCAL_RUNNERS:
         yield None
         return
-    total = None if plan.source is not None else sum(size for _, size in plan.files)
-    gzip_bytes, gzip_ratio = gzip_share(plan.files)
+    sizes = _input_sizes(plan)
     if options.view_as(DirectOptions).direct_running_mode != "multi_processing":
-        with ProgressReporter(total, gzip_bytes=gzip_bytes, gzip_ratio=gzip_ratio) as reporter:
+        with ProgressReporter(**sizes) as reporter:
             yield reporter
         return
     with tempfile.TemporaryDirectory(prefix="batch-predict-progress-") as published, \
             inherited_by_workers(PROGRESS_DIR_ENV, published), \
-            ProgressReporter(total, counters=PublishedProgress(published), gzip_bytes=gzip_bytes,
-                             gzip_ratio=gzip_ratio) as reporter:
+            ProgressReporter(counters=PublishedProgress(published), **sizes) as reporter:
         yield reporter
+
+
+def _input_sizes(plan: JobPlan, gzip: bool = True) -> dict:
+    """What progress knows of the input's size up front: the files' bytes (and of those, the
+    gzip files' and their compression, when the counters tell gzip bytes apart), or a
+    BigQuery table's rows (a query's: nothing)."""
+    if plan.source is not None:
+        return {"total_bytes": None, "total_records": getattr(plan.source, "rows", None)}
+    if not gzip:
+        return {"total_bytes": sum(size for _, size in plan.files)}
+    gzip_bytes, gzip_ratio = gzip_share(plan.files)
+    return {"total_bytes": sum(size for _, size in plan.files), "gzip_bytes": gzip_bytes,
+            "gzip_ratio": gzip_ratio}
 
 
 def remote_progress(options: PipelineOptions, plan: JobPlan, result):
     """Progress of a Dataflow job while this process waits for it, from the job's Beam metrics
-    (at most one query every REMOTE_SECONDS); nothing for local runs (`live_progress`) or a
-    job that is only built (template, --dry_run)."""
+    (at most one query every REMOTE_SECONDS; they do not tell gzip bytes apart); nothing for
+    local runs (`live_progress`) or a job that is only built (template, --dry_run)."""
     if options.view_as(StandardOptions).runner in LOCAL_RUNNERS or builds_job_only(options):
         return contextlib.nullcontext()
-    total = None if plan.source is not None else sum(size for _, size in plan.files)
     every = max(REMOTE_SECONDS, progress_interval(sys.stderr.isatty()))
-    return ProgressReporter(total, counters=BeamMetricsProgress(result), interval=every,
-                            sample_seconds=every)
+    return ProgressReporter(counters=BeamMetricsProgress(result), interval=every,
+                            sample_seconds=every, **_input_sizes(plan, gzip=False))
 
 
 def human_figure(value: float | None) -> str:

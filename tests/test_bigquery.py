@@ -8,6 +8,7 @@ tests/bq_emulator.py (its docstring lists the emulator's gaps and their workarou
 """
 import datetime
 import json
+import logging
 import os
 
 import numpy as np
@@ -65,10 +66,15 @@ def _assert_same_predictions(got: dict, want: dict):
 
 # --- input ------------------------------------------------------------------------------------
 def test_a_table_is_scored_like_the_same_rows_in_a_tfrecord_file(bq, demo_table, demo_file,
-                                                                 demo_model_base, tmp_path):
+                                                                 demo_model_base, tmp_path,
+                                                                 caplog):
     out, ref = str(tmp_path / "bq"), str(tmp_path / "tfrecord")
-    summary = run_job(demo_model_base, f"bq://{demo_table['table']}", out, "--key_field", "id",
-                      "--batch_size", "300")
+    with caplog.at_level(logging.INFO, logger="batch_predict"):
+        summary = run_job(demo_model_base, f"bq://{demo_table['table']}", out, "--key_field",
+                          "id", "--batch_size", "300")
+    # progress counts the table's rows (its metadata has them; no bytes are read from files)
+    progress = [m for m in caplog.messages if m.startswith("progress: ")]
+    assert progress[-1].startswith("progress: 300 records scored, 100% of 300 records done, ")
     assert summary["input_format"] == "bigquery"
     assert (summary["records_in"], summary["predicted"], summary["errors"]) == (300, 300, 0)
     run_job(demo_model_base, demo_file, ref, "--key_field", "id", "--batch_size", "300")

@@ -103,10 +103,16 @@ def test_gzip_share_by_name_and_a_sample(tmp_path):
 def test_no_rate_yet_and_unknown_size():
     rep, clock, counters = _reporter(total=1000)
     assert rep.sample() == "progress: 0 records scored, 0% of input bytes read, 0 records/s, ETA -"
-    rep, clock, counters = _reporter(total=None)  # BigQuery input: no % and no ETA
+    rep, clock, counters = _reporter(total=None)  # a BigQuery query: no % and no ETA
     clock.t += 2
     counters.add_scored(3_000)
     assert rep.sample() == "progress: 3,000 records scored, 1,500 records/s"
+    rep, clock, counters = _reporter(total=None)  # a BigQuery table: its rows are known
+    rep.total_records = 10_000
+    clock.t += 2
+    counters.add_scored(2_900, failed=100)
+    assert rep.sample() == ("progress: 2,900 records scored, 30.0% of 10,000 records done, "
+                            "1,500 records/s, ETA 5s")
 
 
 def test_terminal_rewrites_one_line_in_place():

@@ -167,6 +167,7 @@ class BigQuerySource:
         self.location = table.uri if table is not None else QUERY_SHARD
         self._fields = None
         self._bytes = 0
+        self.rows: int | None = None  # a table's rows, as its metadata says; None for a query
 
     # --- the schema -------------------------------------------------------------------------
     def fields(self) -> list:
@@ -182,6 +183,7 @@ class BigQuerySource:
                                      "Storage Read API reads tables: select from it with "
                                      "--input_query")
                 self._fields, self._bytes = list(found.schema), int(found.num_bytes or 0)
+                self.rows = int(found.num_rows or 0)
             else:
                 from google.cloud import bigquery
                 job = bq.query(self.query, job_config=bigquery.QueryJobConfig(
