@@ -88,23 +88,11 @@ def demo_data(tmp_path_factory):
 
 
 # --- no test reaches the network beyond loopback -------------------------------------------
-import ipaddress  # noqa: E402
 import socket  # noqa: E402
 
+from tests.offline_site.sitecustomize import is_loopback as _is_loopback  # noqa: E402
+
 NETWORK_ATTEMPTS: list = []
-_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
-
-
-def _is_loopback(host) -> bool:
-    if host is None:
-        return True
-    host = host.decode() if isinstance(host, bytes) else str(host)
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except ValueError:
-        return False
 
 
 def _guard(address):

@@ -29,32 +29,17 @@ gcs = gcs_emulator.gcs  # the module's GCS emulator (a fixture)
 REPO = Path(__file__).resolve().parents[1]
 MARKER = "# this line exists only in the installed copy\n"
 
-# The subprocess's own guard (conftest's covers only the pytest process): any connection off
-# loopback is refused and reported. Then it checks which copy it imports and runs the command.
+# Run in a subprocess with only the installed copy (and the network guard of
+# tests/offline_site, which records any address off loopback) on its path: it checks which copy
+# it imports, then runs the command.
+OFFLINE_SITE = REPO / "tests" / "offline_site"
 DRIVER = r'''
-import ipaddress, json, socket, sys
-attempts = []
-real_connect = socket.socket.connect
-
-def loopback(host):
-    try:
-        return host == "localhost" or ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except ValueError:  # any other host name
-        return False
-
-def connect(sock, address):
-    if sock.family in (socket.AF_INET, socket.AF_INET6) and not loopback(address[0]):
-        attempts.append(repr(address))
-        raise OSError(f"tests may only reach loopback; refused {address!r}")
-    return real_connect(sock, address)
-
-socket.socket.connect = connect
+import json, sys
 site, argv = sys.argv[1], sys.argv[2:]
 import pipeline
 assert pipeline.__file__.startswith(site + "/"), f"imported {pipeline.__file__}, not {site}"
 from pipeline.__main__ import main
-code = main(argv)
-print("RESULT " + json.dumps({"code": code, "attempts": attempts}))
+print("RESULT " + json.dumps({"code": main(argv)}))
 '''
 
 
@@ -104,9 +89,18 @@ def _record(site: Path) -> dict[str, str]:
 
 
 def _env(site: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(site), TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join((str(site), str(OFFLINE_SITE))),
+               TF_CPP_MIN_LOG_LEVEL="2", OFFLINE_SITE_LOG=str(site.parent / "off-loopback.log"))
     env.pop("PYTHONHOME", None)
     return env
+
+
+def _result(proc: subprocess.CompletedProcess, env: dict) -> dict:
+    """The driver's RESULT, and the addresses off loopback the guard refused."""
+    result = json.loads(proc.stdout.rsplit("RESULT ", 1)[1])
+    log = Path(env["OFFLINE_SITE_LOG"])
+    result["attempts"] = log.read_text().splitlines() if log.exists() else []
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +129,10 @@ def job_from_installed_copy(installed, gcs, demo_model_base, demo_data):
          "--staging_location", "gs://bp-inst/staging", "--template_location", str(job_file),
          "--model", "gs://bp-inst/model", "--input", "gs://bp-inst/in/part-*.tfrecord",
          "--output", "gs://bp-inst-out/scores", "--key_field", "id"],
-        capture_output=True, text=True, env=_env(site), cwd=str(installed / "cwd"), timeout=600)
+        capture_output=True, text=True, env=(env := _env(site)), cwd=str(installed / "cwd"),
+        timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.rsplit("RESULT ", 1)[1])
+    result = _result(proc, env)
     assert result == {"code": 0, "attempts": []}, (result, proc.stderr[-3000:])
     staged = gcs.list("gs://bp-inst/staging")
     sdists = [n for n in staged if n.endswith("workflow.tar.gz")]
@@ -199,10 +194,11 @@ def test_bare_copy_is_refused_in_one_line(tmp_path):
     argv = ["--runner", "DataflowRunner", "--project", "p", "--region", "r",
             "--temp_location", "gs://t/tmp", "--model", "gs://t/m", "--input", "gs://t/in/*",
             "--output", "gs://t/out"]
+    env = _env(bare)
     proc = subprocess.run([sys.executable, "-c", DRIVER, str(bare), "--verbose", *argv],
-                          capture_output=True, text=True, env=_env(bare),
-                          cwd=str(tmp_path / "cwd"), timeout=300)
-    result = json.loads(proc.stdout.rsplit("RESULT ", 1)[1])
+                          capture_output=True, text=True, env=env, cwd=str(tmp_path / "cwd"),
+                          timeout=300)
+    result = _result(proc, env)
     assert result == {"code": 2, "attempts": []}, proc.stderr[-3000:]
     one_error_line(proc.stderr, "neither a checkout", "--setup_file", "--extra_package",
                    "--sdk_container_image")

@@ -3,13 +3,13 @@ is on PYTHONPATH (tests/test_jobs_startup.py puts it there).
 
 Every connection and name lookup off loopback is refused, and its address is appended to the
 file named by OFFLINE_SITE_LOG, so the test sees what a subprocess (and its own worker
-subprocesses, which inherit PYTHONPATH) tried; tests/conftest.py guards only the test process.
+subprocesses, which inherit PYTHONPATH) tried; tests/conftest.py guards the test process with the same `is_loopback`.
 """
 import ipaddress
 import os
 import socket
 
-__all__ = []
+__all__ = ["is_loopback"]
 
 _LOG = os.environ.get("OFFLINE_SITE_LOG")
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
@@ -18,7 +18,8 @@ _real_connect_ex = socket.socket.connect_ex
 _real_getaddrinfo = socket.getaddrinfo
 
 
-def _is_loopback(host) -> bool:
+def is_loopback(host) -> bool:
+    """Whether `host` (a name, an address, None for a local socket) is this machine."""
     if host is None:
         return True
     host = host.decode() if isinstance(host, bytes) else str(host)
@@ -31,7 +32,7 @@ def _is_loopback(host) -> bool:
 
 
 def _refuse_off_loopback(host, port) -> None:
-    if _is_loopback(host):
+    if is_loopback(host):
         return
     if _LOG:
         with open(_LOG, "a") as fh:
