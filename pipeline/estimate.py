@@ -77,10 +77,8 @@ def sample_cost(plan: JobPlan, records: int) -> SampleCost:
     start = time.perf_counter()
     items = reader.process_file(path)
     for item in items:
-        if isinstance(item, beam.pvalue.TaggedOutput):
-            read += item.tag == "errors"  # an error row is a record; the stats are not
-        else:
-            read += len(item)
+        read += _records(item)
+        if not isinstance(item, beam.pvalue.TaggedOutput):
             if isinstance(item, ColumnBatch):
                 item, _ = columns_to_examples(item, spec, key, plan.list_separator,
                                               key_dtype=plan.model.key_dtype)
@@ -96,10 +94,7 @@ def sample_cost(plan: JobPlan, records: int) -> SampleCost:
     for item in items:
         if PROGRESS.snapshot().bytes_read - before > sample_bytes:
             break  # the next block's first item
-        if isinstance(item, beam.pvalue.TaggedOutput):
-            spanned += item.tag == "errors"
-        else:
-            spanned += len(item)
+        spanned += _records(item)
     else:
         sample_bytes = PROGRESS.snapshot().bytes_read - before  # the whole file
     items.close()
@@ -118,6 +113,15 @@ def sample_cost(plan: JobPlan, records: int) -> SampleCost:
                       sample_bytes=sample_bytes,
                       read_parse_s=read_parse_s, batch_ms=timings, batch_size=plan.batch_size,
                       total_bytes=sum(size for _, size in plan.files))
+
+
+def _records(item) -> int:
+    """The records a reading output stands for: a batch's, 1 for an error row, 0 for the
+    shard's stats."""
+    import apache_beam as beam
+    if isinstance(item, beam.pvalue.TaggedOutput):
+        return int(item.tag == "errors")
+    return len(item)
 
 
 def format_sample(cost: SampleCost) -> list[str]:
@@ -139,5 +143,5 @@ def format_sample(cost: SampleCost) -> list[str]:
 
 
 def _duration(seconds: float) -> str:
-    from pipeline.progress import _duration as duration
-    return duration(seconds) if seconds >= 1 else f"{seconds * 1000:.0f} ms"
+    from pipeline.progress import duration_text
+    return duration_text(seconds) if seconds >= 1 else f"{seconds * 1000:.0f} ms"

@@ -31,7 +31,7 @@ from transforms.progress import PROGRESS, ProgressCounters, ProgressCounts, Publ
 
 __all__ = ["ProgressReporter", "BeamMetricsProgress", "gzip_share", "RATE_SECONDS", "LOG_SECONDS",
            "TTY_SECONDS", "SAMPLE_SECONDS", "REMOTE_SECONDS", "INTERVAL_ENV",
-           "progress_interval"]
+           "progress_interval", "duration_text"]
 
 _LOG = logging.getLogger("batch_predict")
 RATE_SECONDS = 30.0  # the time constant of the weighted rates
@@ -47,7 +47,8 @@ def progress_interval(is_tty: bool) -> float:
     return float(value) if value else (TTY_SECONDS if is_tty else LOG_SECONDS)
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """A duration for a person, to the second: '45s', '3m07s', '2h05m'."""
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
@@ -150,8 +151,7 @@ class ProgressReporter:
         """Update the weighted rates with the counters now; the line to show."""
         now = self._clock()
         counts = self._counters.snapshot() - self._start
-        done = counts.records_scored + counts.records_failed
-        if self._idle and not done and not final:
+        if self._idle and not counts.done and not final:
             # start-up (workers loading the model): the rates start with the first records
             # scored, or they would stay low for a time constant after it
             self._last, self._last_time = counts, now
@@ -165,8 +165,7 @@ class ProgressReporter:
             weight = 1.0 - math.exp(-dt / RATE_SECONDS)
             gathered = 1.0 - math.exp(-(now - self._rates_from) / RATE_SECONDS)
             step = counts - self._last
-            self._average += weight * ((step.records_scored + step.records_failed) / dt
-                                       - self._average)
+            self._average += weight * (step.done / dt - self._average)
             self.record_rate = self._average / gathered
             self._last, self._last_time = counts, now
         return self.format(counts, now - self._started, final)
@@ -176,20 +175,17 @@ class ProgressReporter:
         records of the bytes not read yet at the records per byte of those read, gzip and
         plain files apart (a gzip byte holds `gzip_ratio` times the records of a plain one,
         until both kinds were read); None while unknown."""
-        done = counts.records_scored + counts.records_failed
         if self.total_records is not None:
-            return max(self.total_records - done, 0.0)
+            return max(self.total_records - counts.done, 0.0)
         if not self.total_bytes or not counts.bytes_read:
             return None
         gz_total = min(self.gzip_bytes, self.total_bytes)
-        if not gz_total or counts.gzip_bytes_read > gz_total:
-            # one kind, or gzip files the names did not tell: one rate for all bytes
-            unread = counts.records_read / counts.bytes_read * max(
-                self.total_bytes - counts.bytes_read, 0)
-            return max(counts.records_read + unread - done, 0.0)
         plain = (counts.records_read - counts.gzip_records_read,
                  counts.bytes_read - counts.gzip_bytes_read, self.total_bytes - gz_total)
         gz = (counts.gzip_records_read, counts.gzip_bytes_read, gz_total)
+        if not gz_total or counts.gzip_bytes_read > gz_total:
+            # one kind, or gzip files the names did not tell: one rate for all bytes
+            plain, gz = (counts.records_read, counts.bytes_read, self.total_bytes), (0, 0, 0)
         rates = [records / read if read > 0 else None for records, read, _ in (plain, gz)]
         ratio = self.gzip_ratio or 1.0
         if rates[0] is None:
@@ -198,14 +194,13 @@ class ProgressReporter:
             rates[1] = rates[0] * ratio
         unread = sum(rate * max(total - read, 0)
                      for rate, (_, read, total) in zip(rates, (plain, gz)))
-        return max(counts.records_read + unread - done, 0.0)
+        return max(counts.records_read + unread - counts.done, 0.0)
 
     def format(self, counts: ProgressCounts, elapsed: float, final: bool = False) -> str:
         from pipeline.run import human_figure  # pipeline.run imports this module
         parts = [f"{counts.records_scored:,} records scored"]
         if self.total_records:
-            done = counts.records_scored + counts.records_failed
-            pct = min(100.0, 100.0 * done / self.total_records)
+            pct = min(100.0, 100.0 * counts.done / self.total_records)
             parts.append(f"{human_figure(pct)}% of {self.total_records:,} records done")
         elif self.total_bytes:
             pct = min(100.0, 100.0 * counts.bytes_read / self.total_bytes)
@@ -213,9 +208,9 @@ class ProgressReporter:
         parts.append(f"{human_figure(self.record_rate or 0.0)} records/s")
         left = self.records_left(counts)
         if final:
-            parts.append(f"elapsed {_duration(elapsed)}")
+            parts.append(f"elapsed {duration_text(elapsed)}")
         elif left is not None and self.record_rate:
-            parts.append(f"ETA {_duration(left / self.record_rate)}")
+            parts.append(f"ETA {duration_text(left / self.record_rate)}")
         elif self.total_bytes or self.total_records:
             parts.append("ETA -")
         return "progress: " + ", ".join(parts)

@@ -275,10 +275,9 @@ MUTANTS = [
            "ProgressReporter(**sizes) as reporter:",
            ("tests/test_progress.py::test_worker_processes_publish_their_counts",)),
     Mutant("the ETA counts bytes read ahead of the model as done",
-           "pipeline/progress.py",
-           "        done = counts.records_scored + counts.records_failed\n        if self.total_"
-           "records is not None:",
-           "        done = counts.records_read\n        if self.total_records is not None:",
+           "transforms/progress.py",
+           "        return self.records_scored + self.records_failed",
+           "        return self.records_read",
            ("tests/test_progress.py::test_percent_rate_and_eta_from_counters",
             "tests/test_progress.py::test_records_left_of_gzip_and_plain_files_apart")),
     Mutant("gzip bytes taken as dense as plain ones before a gzip file is read",

@@ -31,12 +31,17 @@ def quiet_run(tmp_path_factory, demo_model_base, demo_data):
     return done, out
 
 
-def test_no_tensorflow_start_up_lines_by_default(quiet_run):
-    done, _ = quiet_run
+def _assert_quiet(done):
+    """A healthy run: exit 0, and no line of TensorFlow's start-up chatter or an ERROR."""
     assert done.returncode == 0, done.stderr[-3000:]
     for line in done.stderr.splitlines():
         assert not any(word in line for word in ("ERROR", "E0000", "cuInit")), line
         assert not any(c in line for c in CHATTER), line
+
+
+def test_no_tensorflow_start_up_lines_by_default(quiet_run):
+    done, _ = quiet_run
+    _assert_quiet(done)
     assert "INFO pipeline.build: plan:" in done.stderr  # the job's own lines stay
 
 
@@ -46,10 +51,7 @@ def test_local_worker_processes_start_quietly_too(tmp_path, demo_model_base, dem
     done = _run_fresh("--model", demo_model_base, "--input", ",".join(demo_data["tfrecord"]),
                       "--output", str(tmp_path / "out"), "--direct_running_mode",
                       "multi_processing", "--direct_num_workers", "2")
-    assert done.returncode == 0, done.stderr[-3000:]
-    for line in done.stderr.splitlines():
-        assert not any(word in line for word in ("ERROR", "E0000", "cuInit")), line
-        assert not any(c in line for c in CHATTER), line
+    _assert_quiet(done)
     assert "worker: loaded model" in done.stderr  # the workers' own lines are shown
 
 
@@ -161,6 +163,19 @@ def test_plan_sample_scores_a_sample_and_estimates_the_run(tmp_path, demo_model_
     expected = 500 * sum(os.path.getsize(f) for f in files) / os.path.getsize(files[0])
     assert records == round(expected) and (gzip or abs(records - 1500) < 1500 * 0.02)
     assert text.index("estimate:") < text.index("plan only:")
+
+
+def test_a_plan_sample_larger_than_the_first_file_reads_that_file_only(
+        tmp_path, demo_model_base, demo_data, capsys):
+    files = sorted(demo_data["csv"])
+    code = main(["--model", demo_model_base, "--input", ",".join(files), "--output",
+                 str(tmp_path / "out"), "--plan_only", "--plan_sample", "1000000000"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    size = os.path.getsize(files[0])
+    assert f"sample:       500 records of {files[0]} (500 records in its first {size:,} " \
+           "bytes)" in text
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -34,6 +34,11 @@ class ProgressCounts:
     gzip_bytes_read: int = 0  # of bytes_read and records_read, those of gzip files
     gzip_records_read: int = 0
 
+    @property
+    def done(self) -> int:
+        """Records scored or become error rows: none of them has anything left to do."""
+        return self.records_scored + self.records_failed
+
     def __add__(self, other: "ProgressCounts") -> "ProgressCounts":
         return ProgressCounts(*(a + b for a, b in zip(dataclasses.astuple(self),
                                                       dataclasses.astuple(other))))
